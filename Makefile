@@ -1,0 +1,41 @@
+# wine-init: every target that needs Python depends on the install stamp, so the first one
+# a user runs installs the project into .venv. `make help` lists the targets.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch, unless the venv already has a torch (a GPU user keeps theirs:
+# create .venv with `python3 -m venv --system-site-packages .venv` over a CUDA torch).
+TORCH_SPEC ?= torch==2.13.0
+PORT ?= 5000
+EXPERIMENT ?= experiments/lecture.toml
+
+.DEFAULT_GOAL := help
+.PHONY: help install train ui test test-all bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP) ## install the project into .venv (the other targets do it when needed)
+
+train: $(STAMP) ## train the lecture's network once (EXPERIMENT=file.toml, ARGS="--set lr=0.5")
+	$(PY) -m harness train $(EXPERIMENT) $(ARGS)
+
+ui: $(STAMP) ## open the MLflow UI over mlruns/ on http://127.0.0.1 (PORT=5000)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+test: $(STAMP) ## run the test suite (what CI runs)
+	$(PY) -m pytest -q
+
+bench: $(STAMP) ## speed figures, each against a reference run in the same process
+	$(PY) -m harness bench
+
+clean: ## remove the venv (mlruns/ is kept: it is your tracking data)
+	rm -rf $(VENV)

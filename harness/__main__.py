@@ -1,0 +1,64 @@
+"""Command line: parse, load the config, call the library. `python -m harness --help`."""
+
+import argparse
+import sys
+
+from harness.config import ConfigError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from harness import config
+    from harness.experiment import Workspace, run_training
+    from harness.tracking import Tracker
+
+    cfg = config.load(args.experiment, args.set)
+    workspace = Workspace.for_config(cfg)  # device and data errors surface before any run exists
+    tracker = Tracker()
+    outcome = run_training(cfg, tracker, workspace)
+    result = outcome.result
+    print(f"run {outcome.run_id} in experiment '{cfg.experiment}' on {outcome.device}")
+    print("final  " + "  ".join(f"{k} {v:.4f}" for k, v in result.final.items()))
+    if result.diverged:
+        print(f"diverged: the loss became non-finite at step {result.last_step}")
+    reached = result.iterations_to_target
+    print(f"iterations_to_target {reached}" if reached is not None
+          else f"never reached train_accuracy {cfg.target_accuracy}")
+    print(f"open the UI: {tracker.ui_command()}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harness import bench
+    return bench.main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one network, tracked in MLflow")
+    train.add_argument("experiment", nargs="?", help="experiment TOML file (only the differences from the defaults)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    train.set_defaults(func=cmd_train)
+
+    bench = sub.add_parser("bench", help="speed figures against in-process references")
+    bench.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")
+    bench.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

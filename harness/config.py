@@ -1,0 +1,168 @@
+"""One typed config for a training run, loaded from an experiment file plus overrides.
+
+Experiment files (`experiments/*.toml`) list only what differs from the defaults below.
+Every error names the key and what is allowed, in one line, before anything runs.
+"""
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+WINE_FEATURES = (
+    "alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium", "total_phenols",
+    "flavanoids", "nonflavanoid_phenols", "proanthocyanins", "color_intensity", "hue",
+    "od280/od315_of_diluted_wines", "proline",
+)  # the names sklearn's load_wine().feature_names gives, checked by a test
+INITS = ("default", "xavier_uniform", "kaiming_normal", "normal")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class ConfigError(ValueError):
+    """A bad key or value; its message is the one line the user sees."""
+
+
+@dataclass
+class TrainConfig:
+    experiment: str = "wine-init"
+    """MLflow experiment the run is logged under"""
+    run_name: str = ""
+    """MLflow run name; empty builds one from the experiment, seed and time"""
+    features: list[str] | str = field(default_factory=lambda: ["alcohol", "color_intensity"])
+    """wine features the network sees, or "all" (13 features, boundary drawn on the first two principal components)"""
+    split_seed: int = 0
+    """seed of the stratified train/validation split; kept apart from the model seed"""
+    val_fraction: float = 0.3
+    """share of the samples held out for validation"""
+    hidden: list[int] = field(default_factory=lambda: [32])
+    """widths of the hidden layers (ReLU after each)"""
+    init: str = "default"
+    """weight initialization: default (PyTorch's), xavier_uniform, kaiming_normal or normal"""
+    init_std: float = 0.1
+    """standard deviation of the weights when init = "normal\""""
+    seed: int = 0
+    """model seed: initial weights (and anything else random in training)"""
+    lr: float = 0.7
+    """SGD learning rate; at 0.7 the default network reaches 85% train accuracy in ~100-200 steps"""
+    momentum: float = 0.0
+    """SGD momentum"""
+    iterations: int = 200
+    """number of full-batch SGD updates"""
+    target_accuracy: float = 0.85
+    """train accuracy that defines iterations_to_target"""
+    plot_every: int = 10
+    """log a decision-boundary image every this many steps (and at the last step)"""
+    image_size: int = 384
+    """side of the boundary image in pixels"""
+    device: str = "auto"
+    """auto (CUDA, then MPS, then CPU), cpu, cuda or mps"""
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string"}.get(tp, "a list")
+
+
+def _check_type(key: str, value: Any, default: Any) -> Any:
+    """Coerce `value` to the type of the field's default, or raise naming the key."""
+    if key == "features":
+        if value == "all":
+            return value
+        if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            raise ConfigError(f'features: expected "all" or a list of feature names, got {value!r}')
+        return value
+    if isinstance(default, list):
+        if not (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise ConfigError(f"{key}: expected a list of integers, got {value!r}")
+        return value
+    tp = type(default)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check ranges and choices; raise ConfigError with the key and the allowed values."""
+    def choose(key: str, allowed: tuple[str, ...]) -> None:
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"{key}: {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
+
+    def positive(key: str) -> None:
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"{key}: must be > 0, got {getattr(cfg, key)!r}")
+
+    if cfg.features != "all":
+        unknown = [f for f in cfg.features if f not in WINE_FEATURES]
+        if unknown:
+            raise ConfigError(f"features: unknown feature {unknown[0]!r}; allowed: \"all\" or names from {', '.join(WINE_FEATURES)}")
+        if len(cfg.features) < 2 or len(set(cfg.features)) != len(cfg.features):
+            raise ConfigError("features: need at least two distinct feature names, or \"all\"")
+    choose("init", INITS)
+    choose("device", DEVICES)
+    positive("lr")
+    positive("init_std")
+    if cfg.iterations < 1:
+        raise ConfigError(f"iterations: must be >= 1, got {cfg.iterations}")
+    if cfg.plot_every < 1:
+        raise ConfigError(f"plot_every: must be >= 1, got {cfg.plot_every}")
+    if not cfg.hidden or any(w < 1 for w in cfg.hidden):
+        raise ConfigError(f"hidden: must be a non-empty list of widths >= 1, got {cfg.hidden}")
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"momentum: must be in [0, 1), got {cfg.momentum}")
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"val_fraction: must be in (0, 1), got {cfg.val_fraction}")
+    if not 0 < cfg.target_accuracy <= 1:
+        raise ConfigError(f"target_accuracy: must be in (0, 1], got {cfg.target_accuracy}")
+    if cfg.image_size < 256:
+        raise ConfigError(f"image_size: must be >= 256, got {cfg.image_size}")
+    if not cfg.experiment:
+        raise ConfigError("experiment: must be a non-empty name")
+    return cfg
+
+
+def build(values: dict[str, Any]) -> TrainConfig:
+    """A validated TrainConfig from a flat dict of overrides."""
+    defaults = TrainConfig()
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    checked = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{key}: unknown key; allowed: {', '.join(sorted(known))}")
+        checked[key] = _check_type(key, value, getattr(defaults, key))
+    return validate(dataclasses.replace(defaults, **checked))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with a TOML value (`lr=0.5`, `hidden=[64, 64]`); bare words are strings."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set: expected key=value, got {text!r}")
+    try:
+        return key, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, raw.strip()
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file: {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"experiment file: {path} is not valid TOML ({e})") from None
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults, then the experiment file's values, then `--set` overrides."""
+    values = read_toml(path) if path else {}
+    values.update(parse_override(o) for o in overrides)
+    return build(values)
+
+
+def flatten(cfg: TrainConfig) -> dict[str, str]:
+    """Every field as a string, for MLflow params."""
+    return {k: str(v) for k, v in dataclasses.asdict(cfg).items()}

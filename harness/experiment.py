@@ -1,0 +1,96 @@
+"""One tracked training run: resolve the device, load the data, train, log it all to MLflow."""
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from harness import data as data_lib
+from harness.boundary import BoundaryRenderer, renderer_for
+from harness.config import TrainConfig, flatten
+from harness.runtime import resolve_device
+from harness.tracking import RunLogger, Tracker
+from harness.train import Callbacks, TrainResult, train
+
+
+class LoggingCallbacks(Callbacks):
+    """Every step's metrics into the run's batch buffer, every boundary image into the run."""
+
+    def __init__(self, logger: RunLogger, renderer: BoundaryRenderer, inner: Callbacks | None = None):
+        self.logger = logger
+        self.renderer = renderer
+        self.inner = inner or Callbacks()
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.logger.log_metrics(metrics, step=step)
+        self.inner.on_step(step, metrics)
+
+    def on_boundary(self, step: int, model: nn.Module, metrics: dict[str, float]) -> None:
+        image = self.renderer.render(model, step, metrics["train_loss"], metrics["train_accuracy"])
+        self.logger.log_image(image, key="boundary", step=step)
+        self.inner.on_boundary(step, model, metrics)
+
+
+@dataclass
+class Workspace:
+    """What runs with the same data settings share: the device, the tensors, the renderer."""
+    device: torch.device
+    data: data_lib.WineData
+    renderer: BoundaryRenderer
+    key: tuple
+
+    @staticmethod
+    def data_key(cfg: TrainConfig) -> tuple:
+        return (str(cfg.features), cfg.split_seed, cfg.val_fraction, cfg.image_size, cfg.device)
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig, reuse: "Workspace | None" = None) -> "Workspace":
+        key = cls.data_key(cfg)
+        if reuse is not None and reuse.key == key:
+            return reuse
+        device = resolve_device(cfg.device)
+        data = data_lib.load(cfg, device)
+        return cls(device, data, renderer_for(data, cfg.image_size, device), key)
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    result: TrainResult
+    device: torch.device
+
+
+def default_run_name(cfg: TrainConfig) -> str:
+    return cfg.run_name or f"{cfg.experiment}__seed{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_params(cfg: TrainConfig, device: torch.device) -> dict[str, str]:
+    return {**flatten(cfg), "device_resolved": str(device), "torch_version": torch.__version__}
+
+
+def outcome_tags(result: TrainResult) -> dict[str, str]:
+    return {"diverged": str(result.diverged).lower(),
+            "reached_target": str(result.iterations_to_target is not None).lower()}
+
+
+def run_training(cfg: TrainConfig, tracker: Tracker, workspace: Workspace | None = None, *,
+                 run_name: str | None = None, parent_run_id: str | None = None,
+                 tags: dict[str, object] | None = None, callbacks: Callbacks | None = None,
+                 on_start=None) -> RunOutcome:
+    """Train `cfg` as one MLflow run; the run is closed whatever happens.
+
+    `on_start(run_id)` is called once the run exists (the sweep records the id on its trial).
+    """
+    workspace = workspace or Workspace.for_config(cfg)
+    with tracker.run(cfg.experiment, run_name or default_run_name(cfg),
+                     params=run_params(cfg, workspace.device), tags=tags,
+                     parent_run_id=parent_run_id) as logger:
+        if on_start:
+            on_start(logger.run_id)
+        result = train(cfg, workspace.data, workspace.device,
+                       LoggingCallbacks(logger, workspace.renderer, callbacks))
+        if result.iterations_to_target is not None:
+            logger.log_metrics({"iterations_to_target": result.iterations_to_target})
+        logger.set_tags(outcome_tags(result))
+    return RunOutcome(logger.run_id, result, workspace.device)

@@ -1,0 +1,123 @@
+"""Everything MLflow, behind one small module: the only one that imports mlflow.
+
+Runs are always closed: FINISHED when the body returns, KILLED on Ctrl-C, FAILED on any other
+exception. Metrics are buffered and written with log_batch, at most 1000 values a call.
+"""
+
+import os
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+BATCH_LIMIT = 1000  # MLflow's limit of metric values per log_batch call
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+class RunLogger:
+    """Writes to one run through MlflowClient with an explicit run id."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.pending: list[Metric] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        timestamp = now_ms()
+        self.pending += [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+        if len(self.pending) >= BATCH_LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending[:BATCH_LIMIT], self.pending[BATCH_LIMIT:]
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: dict[str, object]) -> None:
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's limit of params per call
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: dict[str, object]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        self.client.log_image(self.run_id, image, key=key, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+class Tracker:
+    """A tracking store: the default SQLite file under mlruns/, or MLFLOW_TRACKING_URI."""
+
+    def __init__(self, uri: str | None = None):
+        self.uri = uri or tracking_uri()
+        self.local_db = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
+        if self.local_db:
+            self.local_db.parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(self.uri)
+
+    def experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        # a local store keeps its artifacts beside the database, under mlruns/
+        location = (self.local_db.parent / "artifacts").resolve().as_uri() if self.local_db else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    @contextmanager
+    def run(self, experiment: str, run_name: str, params: dict[str, object] | None = None,
+            tags: dict[str, object] | None = None, parent_run_id: str | None = None) -> Iterator[RunLogger]:
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        commit = git_commit()
+        if commit:
+            tags[MLFLOW_GIT_COMMIT] = commit
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name,
+                                     tags={k: str(v) for k, v in tags.items()})
+        logger = RunLogger(self.client, run.info.run_id)
+        status = "FAILED"
+        try:
+            if params:
+                logger.log_params(params)
+            yield logger
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            try:
+                logger.flush()
+            finally:
+                self.client.set_terminated(run.info.run_id, status)
+
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def ui_command(self) -> str:
+        return "make ui" if self.uri == DEFAULT_TRACKING_URI else f"mlflow ui --backend-store-uri {self.uri}"

@@ -1,0 +1,64 @@
+import numpy as np
+import torch
+from torch import nn
+
+from harness import config, data as data_lib
+from harness.boundary import REGION_COLORS, renderer_for, title_text
+
+
+class SplitByFirstInput(nn.Module):
+    """A known model: class 0 where the first standardized input is negative, else class 2."""
+
+    def forward(self, x):
+        left = (x[:, 0] < 0).float()
+        return torch.stack([left, torch.zeros_like(left), 1 - left], dim=1)
+
+
+def color_share(image, rows, cols, color):
+    patch = image[rows[0]:rows[1], cols[0]:cols[1]].reshape(-1, 3)
+    return (patch == color).all(axis=1).mean()
+
+
+def test_regions_match_a_known_model(cpu):
+    cfg = config.build({})
+    wine = data_lib.load(cfg, cpu)
+    renderer = renderer_for(wine, 320, cpu)
+    image = renderer.render(SplitByFirstInput(), 3, 0.5, 0.75)
+    assert image.shape == (320, 320, 3) and image.dtype == np.uint8
+
+    # the boundary sits where standardized alcohol is 0: at the training mean, in raw units
+    mean_alcohol = wine.plane.points[:, 0].mean()
+    top, bottom = renderer.rows
+    row, boundary_col = renderer.to_pixel(mean_alcohol, wine.plane.points[:, 1].mean())
+    left = (renderer.cols[0] + 2, boundary_col - 3)
+    right = (boundary_col + 3, renderer.cols[1] - 2)
+    # regions fill their side (the training points and the legend cover the rest)
+    assert color_share(image, (top, bottom), left, REGION_COLORS[0]) > 0.6
+    assert color_share(image, (top, bottom), left, REGION_COLORS[2]) == 0
+    assert color_share(image, (top, bottom), right, REGION_COLORS[2]) > 0.6
+    assert color_share(image, (top, bottom), right, REGION_COLORS[0]) == 0
+    assert color_share(image, (top, bottom), (renderer.cols[0], renderer.cols[1]), REGION_COLORS[1]) == 0
+
+
+def test_images_differ_only_where_the_model_or_title_differs(cpu):
+    wine = data_lib.load(config.build({}), cpu)
+    renderer = renderer_for(wine, 256, cpu)
+    model = SplitByFirstInput()
+    a = renderer.render(model, 0, 1.0, 0.5)
+    b = renderer.render(model, 0, 1.0, 0.5)
+    assert np.array_equal(a, b)  # nothing leaks from one image into the next
+    c = renderer.render(model, 10, 0.25, 0.9)
+    changed_rows = np.nonzero((a != c).any(axis=(1, 2)))[0]
+    assert changed_rows.max() < renderer.rows[0]  # only the title above the axes changed
+
+
+def test_all_features_render_on_the_principal_plane(cpu):
+    wine = data_lib.load(config.build({"features": "all"}), cpu)
+    renderer = renderer_for(wine, 256, cpu)
+    net = nn.Sequential(nn.Linear(13, 4), nn.ReLU(), nn.Linear(4, 3))
+    regions = renderer.predict_regions(net)
+    assert regions.max() <= 2 and renderer.render(net, 0, 1.0, 0.3).shape == (256, 256, 3)
+
+
+def test_title():
+    assert title_text(20, 0.123456, 0.5) == "step 20   loss 0.1235   accuracy 0.500"

@@ -1,0 +1,68 @@
+import pytest
+from sklearn.datasets import load_wine
+
+from harness import config
+from harness.config import ConfigError, WINE_FEATURES
+from conftest import run_cli
+
+
+def test_feature_names_match_sklearn():
+    assert tuple(load_wine().feature_names) == WINE_FEATURES
+
+
+def test_defaults_are_valid_and_overrides_apply(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text('lr = 0.5\nhidden = [16, 8]\nfeatures = "all"\n')
+    cfg = config.load(path, ["iterations=7", "init=xavier_uniform", "momentum=0.9"])
+    assert (cfg.lr, cfg.hidden, cfg.features) == (0.5, [16, 8], "all")
+    assert (cfg.iterations, cfg.init, cfg.momentum) == (7, "xavier_uniform", 0.9)
+
+
+def test_int_is_accepted_where_a_float_is_expected():
+    assert config.build({"lr": 1}).lr == 1.0
+
+
+@pytest.mark.parametrize("values, key, allowed", [
+    ({"lrr": 0.1}, "lrr", "allowed: device, experiment"),
+    ({"lr": "fast"}, "lr", "expected a number"),
+    ({"iterations": 1.5}, "iterations", "expected an integer"),
+    ({"iterations": True}, "iterations", "expected an integer"),
+    ({"hidden": 32}, "hidden", "list of integers"),
+    ({"lr": 0}, "lr", "must be > 0"),
+    ({"lr": -1.0}, "lr", "must be > 0"),
+    ({"iterations": 0}, "iterations", "must be >= 1"),
+    ({"features": ["alcohol", "sweetness"]}, "features", "allowed: \"all\" or names from alcohol"),
+    ({"features": "some"}, "features", "\"all\" or a list"),
+    ({"init": "zeros"}, "init", "one of default, xavier_uniform, kaiming_normal, normal"),
+    ({"device": "tpu"}, "device", "one of auto, cpu, cuda, mps"),
+    ({"momentum": 1.0}, "momentum", "[0, 1)"),
+    ({"image_size": 64}, "image_size", ">= 256"),
+])
+def test_bad_values_name_the_key_and_what_is_allowed(values, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        config.build(values)
+    message = str(err.value)
+    assert message.startswith(f"{key}:") and allowed in message and "\n" not in message
+
+
+def test_override_syntax():
+    assert config.parse_override("hidden=[64, 64]") == ("hidden", [64, 64])
+    assert config.parse_override("init=normal") == ("init", "normal")
+    assert config.parse_override("lr=1e-2") == ("lr", 0.01)
+    with pytest.raises(ConfigError, match="--set: expected key=value"):
+        config.parse_override("lr")
+
+
+def test_missing_experiment_file():
+    with pytest.raises(ConfigError, match="experiment file: nope.toml does not exist"):
+        config.load("nope.toml")
+
+
+def test_cli_config_error_is_one_line_exit_2_and_logs_nothing(cli_env, tmp_path):
+    env = {**cli_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/untouched.db"}
+    for bad in (["--set", "lr=-1"], ["--set", "init=zeros"], ["--set", "colour=red"], ["--set", "device=cuda"]):
+        proc = run_cli("train", *bad, env=env)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert not (tmp_path / "untouched.db").exists()  # nothing was logged, not even a store

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from harness.experiment import Workspace, run_training
+from harness.train import METRICS, Callbacks
+from conftest import run_cli
+
+
+def image_steps(client, run_id, key="boundary"):
+    names = [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, "images")]
+    pngs = [n for n in names if n.startswith(f"{key}+step+") and n.endswith(".png") and "compressed" not in n]
+    return sorted(int(n.split("+")[2]) for n in pngs)
+
+
+def test_a_run_logs_every_metric_every_image_and_the_params(tiny_cfg, tracker):
+    outcome = run_training(tiny_cfg, tracker)
+    client = MlflowClient(tracker.uri)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    for name in METRICS:
+        history = client.get_metric_history(outcome.run_id, name)
+        assert sorted(m.step for m in history) == list(range(31))
+        by_step = {m.step: m.value for m in history}
+        assert np.allclose([by_step[k] for k in range(31)], outcome.result.history[name])
+    assert image_steps(client, outcome.run_id) == [0, 10, 20, 30]
+    params = run.data.params
+    assert params["lr"] == str(tiny_cfg.lr) and params["iterations"] == "30"
+    assert params["hidden"] == "[32]" and params["device_resolved"] == "cpu"
+    assert "torch_version" in params and params["seed"] == "0"
+    assert run.data.tags["diverged"] == "false"
+    assert run.data.tags["reached_target"] == "false"
+    assert "iterations_to_target" not in run.data.metrics
+
+
+def test_reaching_the_target_is_a_run_metric(tiny_cfg, tracker):
+    cfg = type(tiny_cfg)(**{**vars(tiny_cfg), "iterations": 200, "plot_every": 100})
+    outcome = run_training(cfg, tracker)
+    run = MlflowClient(tracker.uri).get_run(outcome.run_id)
+    assert run.data.tags["reached_target"] == "true"
+    assert run.data.metrics["iterations_to_target"] == outcome.result.iterations_to_target
+
+
+def test_divergence_is_tagged_and_the_run_finishes(tiny_cfg, tracker):
+    cfg = type(tiny_cfg)(**{**vars(tiny_cfg), "lr": 1e6})
+    outcome = run_training(cfg, tracker)
+    run = MlflowClient(tracker.uri).get_run(outcome.run_id)
+    assert outcome.result.diverged and run.data.tags["diverged"] == "true"
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in MlflowClient(tracker.uri).get_metric_history(outcome.run_id, "train_loss")]
+    assert max(steps) == outcome.result.last_step < cfg.iterations
+
+
+class RaiseAt(Callbacks):
+    def __init__(self, step, exc):
+        self.step, self.exc = step, exc
+
+    def on_step(self, step, metrics):
+        if step == self.step:
+            raise self.exc
+
+
+@pytest.mark.parametrize("exc, status", [(KeyboardInterrupt(), "KILLED"), (RuntimeError("boom"), "FAILED")])
+def test_interrupted_or_failing_runs_are_closed_with_what_they_logged(tiny_cfg, tracker, exc, status):
+    started = []
+    with pytest.raises(type(exc)):
+        run_training(tiny_cfg, tracker, callbacks=RaiseAt(7, exc), on_start=started.append)
+    client = MlflowClient(tracker.uri)
+    assert client.get_run(started[0]).info.status == status
+    steps = sorted(m.step for m in client.get_metric_history(started[0], "val_loss"))
+    assert steps == list(range(8))  # the buffered metrics were flushed, steps 0..7
+
+
+def test_workspace_is_reused_for_the_same_data_settings(tiny_cfg):
+    first = Workspace.for_config(tiny_cfg)
+    same = Workspace.for_config(type(tiny_cfg)(**{**vars(tiny_cfg), "lr": 0.1, "seed": 5}), reuse=first)
+    assert same is first
+    other = Workspace.for_config(type(tiny_cfg)(**{**vars(tiny_cfg), "features": "all"}), reuse=first)
+    assert other is not first
+
+
+def test_cli_train_prints_the_run_and_the_ui_command(cli_env):
+    proc = run_cli("train", "experiments/lecture.toml", "--set", "iterations=20", "--set", "device=cpu", env=cli_env)
+    assert proc.returncode == 0, proc.stderr
+    run_id = proc.stdout.split()[1]
+    run = MlflowClient(cli_env["MLFLOW_TRACKING_URI"]).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["experiment"] == "lecture"
+    assert "train_loss" in proc.stdout and "open the UI: mlflow ui --backend-store-uri" in proc.stdout

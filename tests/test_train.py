@@ -1,0 +1,94 @@
+import math
+
+import pytest
+import torch
+
+from harness import config, data as data_lib
+from harness.model import build_mlp, create
+from harness.runtime import seed_everything
+from harness.train import METRICS, Callbacks, train
+
+
+@pytest.fixture
+def wine(cpu):
+    return data_lib.load(config.build({}), cpu)
+
+
+def test_same_config_and_seed_give_bitwise_identical_curves(tiny_cfg, wine, cpu):
+    a, b = train(tiny_cfg, wine, cpu), train(tiny_cfg, wine, cpu)
+    for name in METRICS:
+        assert a.history[name] == b.history[name]  # exact float equality, step by step
+    other = train(config.build({**vars(tiny_cfg), "seed": 1}), wine, cpu)
+    assert other.history["train_loss"] != a.history["train_loss"]
+
+
+def test_metrics_at_every_step_including_the_untrained_one(tiny_cfg, wine, cpu):
+    result = train(tiny_cfg, wine, cpu)
+    assert result.last_step == tiny_cfg.iterations
+    assert all(len(result.history[m]) == tiny_cfg.iterations + 1 for m in METRICS)
+    # training lowers the loss
+    assert result.history["train_loss"][-1] < result.history["train_loss"][0]
+
+
+def test_boundary_steps(cpu, wine):
+    cfg = config.build({"iterations": 25, "plot_every": 10, "device": "cpu"})
+    steps = []
+
+    class Record(Callbacks):
+        def on_boundary(self, step, model, metrics):
+            steps.append(step)
+
+    train(cfg, wine, cpu, Record())
+    assert steps == [0, 10, 20, 25]
+
+
+def test_iterations_to_target_is_the_first_step_reaching_it(wine, cpu):
+    cfg = config.build({"iterations": 200, "device": "cpu"})
+    result = train(cfg, wine, cpu)
+    k = result.iterations_to_target
+    assert k is not None
+    assert result.history["train_accuracy"][k] >= cfg.target_accuracy
+    assert all(a < cfg.target_accuracy for a in result.history["train_accuracy"][:k])
+    never = train(config.build({"iterations": 5, "device": "cpu"}), wine, cpu)
+    assert never.iterations_to_target is None
+
+
+def test_a_non_finite_loss_stops_the_run(wine, cpu):
+    cfg = config.build({"lr": 1e6, "iterations": 100, "device": "cpu"})
+    result = train(cfg, wine, cpu)
+    assert result.diverged
+    assert result.last_step < cfg.iterations
+    assert not math.isfinite(result.history["train_loss"][-1])
+    assert all(math.isfinite(v) for v in result.history["train_loss"][:-1])
+
+
+@pytest.mark.parametrize("init", ["default", "xavier_uniform", "kaiming_normal", "normal"])
+def test_initial_weights_depend_only_on_the_seed(init, cpu):
+    cfg = config.build({"init": init, "hidden": [8, 4]})
+    first = [p.clone() for p in create(cfg, 2, seed_everything(3), cpu).parameters()]
+    torch.rand(100)  # unrelated use of the global generator changes nothing
+    second = list(create(cfg, 2, seed_everything(3), cpu).parameters())
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    third = list(create(cfg, 2, seed_everything(4), cpu).parameters())
+    assert not torch.equal(first[0], third[0])
+
+
+def test_default_init_matches_pytorch_distribution(cpu):
+    cfg = config.build({"hidden": [256]})
+    model = create(cfg, 2, seed_everything(0), cpu)
+    bound = 1 / math.sqrt(2)
+    weight = model[0].weight
+    assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
+    assert [m.out_features for m in model if isinstance(m, torch.nn.Linear)] == [256, 3]
+
+
+def test_normal_init_uses_init_std(cpu):
+    cfg = config.build({"init": "normal", "init_std": 0.02, "hidden": [512]})
+    model = create(cfg, 13, seed_everything(0), cpu)
+    assert abs(model[0].weight.std().item() - 0.02) < 0.002
+    assert torch.count_nonzero(model[0].bias) == 0
+
+
+def test_mlp_shape():
+    model = build_mlp(13, [16, 8])
+    assert model(torch.zeros(5, 13)).shape == (5, 3)
