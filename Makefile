@@ -10,9 +10,12 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 PORT ?= 5000
 EXPERIMENT ?= experiments/lecture.toml
+CONFIG ?= experiments/sweep.toml
+# sweep options, passed on only when set: make sweep TRIALS=5 STUDY=name WORKERS=2
+SWEEP_ARGS := $(if $(TRIALS),--trials $(TRIALS)) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train ui test test-all bench clean
+.PHONY: help install train sweep ui test test-slow bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +30,9 @@ install: $(STAMP) ## install the project into .venv (the other targets do it whe
 
 train: $(STAMP) ## train the lecture's network once (EXPERIMENT=file.toml, ARGS="--set lr=0.5")
 	$(PY) -m harness train $(EXPERIMENT) $(ARGS)
+
+sweep: $(STAMP) ## run or continue the Optuna study (CONFIG=file.toml TRIALS=N STUDY=name WORKERS=N)
+	$(PY) -m harness sweep $(CONFIG) $(SWEEP_ARGS)
 
 ui: $(STAMP) ## open the MLflow UI over mlruns/ on http://127.0.0.1 (PORT=5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(PORT)

@@ -1,6 +1,7 @@
 """Command line: parse, load the config, call the library. `python -m harness --help`."""
 
 import argparse
+import signal
 import sys
 
 from harness.config import ConfigError
@@ -27,6 +28,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from harness import study_config
+    from harness.sweep import run_sweep
+    from harness.sweep_summary import format_table
+
+    sweep = study_config.load(args.experiment, args.set)
+    study = args.study or sweep.settings.study
+    try:
+        summary = run_sweep(sweep, trials=args.trials, study_name=study, workers=args.workers)
+    except KeyboardInterrupt:
+        again = f" CONFIG={args.experiment}" if args.experiment else ""
+        print(f"\ninterrupted: the running trial is FAILED in Optuna and KILLED in MLflow; finished trials are kept.\n"
+              f"continue the study with: make sweep STUDY={study}{again}", file=sys.stderr)
+        return 130
+    print(format_table(summary))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness import bench
     return bench.main(args)
@@ -41,6 +60,14 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     train.set_defaults(func=cmd_train)
 
+    sweep = sub.add_parser("sweep", help="run (or continue) an Optuna study; every trial is a nested MLflow run")
+    sweep.add_argument("experiment", nargs="?", help="experiment TOML file with a [sweep] table")
+    sweep.add_argument("--trials", type=int, help="trials to add (default: the file's sweep.trials)")
+    sweep.add_argument("--study", help="study name (default: the file's sweep.study)")
+    sweep.add_argument("--workers", type=int, help="parallel worker processes (default: the file's sweep.workers)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a fixed config key")
+    sweep.set_defaults(func=cmd_sweep)
+
     bench = sub.add_parser("bench", help="speed figures against in-process references")
     bench.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")
     bench.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
@@ -49,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C must reach us as KeyboardInterrupt even when started from a shell that ignores it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -22,9 +22,9 @@ class LoggingCallbacks(Callbacks):
         self.renderer = renderer
         self.inner = inner or Callbacks()
 
-    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+    def on_step(self, step: int, metrics: dict[str, float]) -> bool:
         self.logger.log_metrics(metrics, step=step)
-        self.inner.on_step(step, metrics)
+        return self.inner.on_step(step, metrics)
 
     def on_boundary(self, step: int, model: nn.Module, metrics: dict[str, float]) -> None:
         image = self.renderer.render(model, step, metrics["train_loss"], metrics["train_accuracy"])
@@ -77,10 +77,11 @@ def outcome_tags(result: TrainResult) -> dict[str, str]:
 def run_training(cfg: TrainConfig, tracker: Tracker, workspace: Workspace | None = None, *,
                  run_name: str | None = None, parent_run_id: str | None = None,
                  tags: dict[str, object] | None = None, callbacks: Callbacks | None = None,
-                 on_start=None) -> RunOutcome:
+                 on_start=None, end_tags=None) -> RunOutcome:
     """Train `cfg` as one MLflow run; the run is closed whatever happens.
 
-    `on_start(run_id)` is called once the run exists (the sweep records the id on its trial).
+    `on_start(run_id)` is called once the run exists (the sweep records the id on its trial);
+    `end_tags(result)` gives tags to set before the run closes (the sweep's trial state).
     """
     workspace = workspace or Workspace.for_config(cfg)
     with tracker.run(cfg.experiment, run_name or default_run_name(cfg),
@@ -92,5 +93,5 @@ def run_training(cfg: TrainConfig, tracker: Tracker, workspace: Workspace | None
                        LoggingCallbacks(logger, workspace.renderer, callbacks))
         if result.iterations_to_target is not None:
             logger.log_metrics({"iterations_to_target": result.iterations_to_target})
-        logger.set_tags(outcome_tags(result))
+        logger.set_tags({**outcome_tags(result), **(end_tags(result) if end_tags else {})})
     return RunOutcome(logger.run_id, result, workspace.device)

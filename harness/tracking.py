@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -89,9 +90,9 @@ class Tracker:
         location = (self.local_db.parent / "artifacts").resolve().as_uri() if self.local_db else None
         return self.client.create_experiment(name, artifact_location=location)
 
-    @contextmanager
-    def run(self, experiment: str, run_name: str, params: dict[str, object] | None = None,
-            tags: dict[str, object] | None = None, parent_run_id: str | None = None) -> Iterator[RunLogger]:
+    def open_run(self, experiment: str, run_name: str, params: dict[str, object] | None = None,
+                 tags: dict[str, object] | None = None, parent_run_id: str | None = None) -> RunLogger:
+        """A new RUNNING run; the caller closes it (prefer `run`, which always does)."""
         tags = dict(tags or {})
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
@@ -101,6 +102,29 @@ class Tracker:
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name,
                                      tags={k: str(v) for k, v in tags.items()})
         logger = RunLogger(self.client, run.info.run_id)
+        if params:
+            logger.log_params(params)
+        return logger
+
+    def resume_run(self, run_id: str) -> RunLogger | None:
+        """Mark an existing run RUNNING again; None if the store does not have it."""
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        return RunLogger(self.client, run_id)
+
+    def close_run(self, logger: RunLogger, status: str) -> None:
+        try:
+            logger.flush()
+        finally:
+            self.client.set_terminated(logger.run_id, status)
+
+    @contextmanager
+    def run(self, experiment: str, run_name: str, params: dict[str, object] | None = None,
+            tags: dict[str, object] | None = None, parent_run_id: str | None = None) -> Iterator[RunLogger]:
+        logger = self.open_run(experiment, run_name, tags=tags, parent_run_id=parent_run_id)
         status = "FAILED"
         try:
             if params:
@@ -111,10 +135,20 @@ class Tracker:
             status = "KILLED"
             raise
         finally:
-            try:
-                logger.flush()
-            finally:
-                self.client.set_terminated(run.info.run_id, status)
+            self.close_run(logger, status)
+
+    def set_tags(self, run_id: str, tags: dict[str, object]) -> None:
+        RunLogger(self.client, run_id).set_tags(tags)
+
+    def end_run(self, run_id: str, status: str, tags: dict[str, object] | None = None) -> None:
+        """Close a run some other process left open (a worker that died), with tags."""
+        if tags:
+            self.set_tags(run_id, tags)
+        self.client.set_terminated(run_id, status)
+
+    def experiment_url(self, experiment: str, ui_base: str = "http://127.0.0.1:5000") -> str:
+        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else ui_base
+        return f"{base}/#/experiments/{self.experiment_id(experiment)}"
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)

@@ -21,8 +21,9 @@ METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 class Callbacks:
     """Hooks the loop calls; the default does nothing."""
 
-    def on_step(self, step: int, metrics: dict[str, float]) -> None:
-        """After every step's metrics are known (may raise to stop, e.g. optuna.TrialPruned)."""
+    def on_step(self, step: int, metrics: dict[str, float]) -> bool:
+        """After every step's metrics are known; return True to stop training here (a pruner)."""
+        return False
 
     def on_boundary(self, step: int, model: nn.Module, metrics: dict[str, float]) -> None:
         """At steps 0, plot_every, 2*plot_every, ... and the last step."""
@@ -34,6 +35,8 @@ class TrainResult:
     """every metric at steps 0..last_step"""
     diverged: bool = False
     """the loss became non-finite; training stopped at last_step"""
+    stopped_early: bool = False
+    """a callback asked to stop at last_step"""
     iterations_to_target: int | None = None
     """first step whose train_accuracy reached target_accuracy; None if never"""
 
@@ -78,11 +81,14 @@ def train(cfg: TrainConfig, data: WineData, device: torch.device, callbacks: Cal
                    "val_loss": val_loss, "val_accuracy": val_accuracy}
         for name, value in metrics.items():
             result.history[name].append(value)
-        callbacks.on_step(step, metrics)
+        stop = callbacks.on_step(step, metrics)
 
         # a non-finite loss ends the run at this step; what was logged stays
         if not math.isfinite(metrics["train_loss"]):
             result.diverged = True
+            break
+        if stop:
+            result.stopped_early = True
             break
 
         last = step == cfg.iterations

@@ -1,0 +1,248 @@
+"""End-to-end sweeps into temporary stores, checked through Optuna and MlflowClient."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from harness import study_config
+from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
+from harness.sweep import ReportToTrial, run_sweep
+from conftest import ROOT, run_cli
+from test_tracking import image_steps
+
+TINY = """
+experiment = "tiny-sweep"
+iterations = 30
+device = "cpu"
+image_size = 256
+[sweep]
+study = "tiny"
+trials = 4
+heartbeat_interval = 1
+grace_period = 3
+[sweep.space]
+lr = { low = 0.05, high = 1.0, log = true }
+"""
+
+
+@pytest.fixture
+def stores(tmp_path, monkeypatch):
+    """Fresh MLflow and Optuna stores, through the same variables a user would set."""
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "OPTUNA_STORAGE": f"sqlite:///{tmp_path}/optuna.db"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+
+
+def write(tmp_path, text, name="tiny.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def load_study(env, name="tiny"):
+    return optuna.load_study(study_name=name, storage=env["OPTUNA_STORAGE"])
+
+
+def children(client, parent_id):
+    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent_id}'", max_results=1000)
+    return {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+
+
+def test_sweep_logs_one_parent_and_a_child_run_per_trial(tmp_path, stores):
+    sweep = study_config.load(write(tmp_path, TINY))
+    summary = run_sweep(sweep, progress=False)
+    study = load_study(stores)
+    client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
+
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    parent_id = study.user_attrs[PARENT_RUN_ATTR]
+    assert summary.parent_run_id == parent_id
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "tiny"
+    assert parent.data.tags["optuna.study_name"] == "tiny" and "mlflow.parentRunId" not in parent.data.tags
+    best = study.best_trial
+    assert parent.data.tags["best_trial_number"] == str(best.number)
+    assert float(parent.data.tags["best_val_loss"]) == pytest.approx(best.value)
+    assert parent.data.tags["best_params.lr"] == str(best.params["lr"])
+    figures = {a.path for a in client.list_artifacts(parent_id, "optuna")}
+    assert figures == {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/slice.png"}
+
+    runs = children(client, parent_id)
+    assert sorted(runs) == [0, 1, 2, 3]
+    for trial in trials:
+        run = runs[trial.number]
+        assert trial.user_attrs[RUN_ID_ATTR] == run.info.run_id
+        assert run.info.run_name == f"trial-{trial.number}" and run.info.status == "FINISHED"
+        assert run.data.tags["optuna.trial_state"] == "COMPLETE"
+        assert run.data.tags["optuna.study_name"] == "tiny"
+        for key, value in trial.params.items():
+            assert run.data.params[key] == str(value)
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert sorted(m.step for m in history) == list(range(31))
+        assert history[-1].value == pytest.approx(trial.value) or max(history, key=lambda m: m.step).value == pytest.approx(trial.value)
+        assert image_steps(client, run.info.run_id) == [0, 10, 20, 30]
+        # intermediate values reported every plot_every steps
+        assert sorted(trial.intermediate_values) == [10, 20, 30]
+
+
+def test_continuing_adds_trials_under_the_same_parent(tmp_path, stores):
+    sweep = study_config.load(write(tmp_path, TINY))
+    first = run_sweep(sweep, trials=2, progress=False)
+    second = run_sweep(sweep, trials=3, progress=False)
+    assert first.parent_run_id == second.parent_run_id
+    study = load_study(stores)
+    assert [t.number for t in study.get_trials()] == [0, 1, 2, 3, 4]
+    client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
+    assert sorted(children(client, first.parent_run_id)) == [0, 1, 2, 3, 4]
+    parents = client.search_runs([client.get_run(first.parent_run_id).info.experiment_id],
+                                 "tags.`optuna.study_name` = 'tiny'")
+    assert len([r for r in parents if "mlflow.parentRunId" not in r.data.tags]) == 1
+    # different sampler seeds per continuation: no repeated learning rates
+    assert len({t.params["lr"] for t in study.get_trials()}) == 5
+
+
+def test_a_diverging_trial_is_pruned_and_its_run_closed(tmp_path, stores):
+    text = TINY.replace("lr = { low = 0.05, high = 1.0, log = true }", "lr = { low = 1e5, high = 1e6, log = true }")
+    run_sweep(study_config.load(write(tmp_path, text)), trials=1, progress=False)
+    trial = load_study(stores).get_trials()[0]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["diverged"] is True
+    run = MlflowClient(stores["MLFLOW_TRACKING_URI"]).get_run(trial.user_attrs[RUN_ID_ATTR])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["optuna.trial_state"] == "PRUNED" and run.data.tags["diverged"] == "true"
+
+
+def test_a_trial_that_raises_is_failed_on_both_sides_and_the_sweep_goes_on(tmp_path, stores, monkeypatch):
+    real = ReportToTrial.on_step
+
+    def broken_on_trial_1(self, step, metrics):
+        if self.trial.number == 1 and step == 5:
+            raise RuntimeError("broken trial")
+        return real(self, step, metrics)
+
+    monkeypatch.setattr(ReportToTrial, "on_step", broken_on_trial_1)
+    summary = run_sweep(study_config.load(write(tmp_path, TINY)), trials=3, progress=False)
+    states = [t.state for t in load_study(stores).get_trials()]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert summary.counts["FAIL"] == 1 and summary.counts["COMPLETE"] == 2
+    client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
+    failed = children(client, summary.parent_run_id)[1]
+    assert failed.info.status == "FAILED" and failed.data.tags["optuna.trial_state"] == "FAILED"
+    assert sorted(m.step for m in client.get_metric_history(failed.info.run_id, "train_loss")) == list(range(6))
+
+
+def test_two_worker_processes_add_exactly_the_requested_trials(tmp_path, stores):
+    proc = run_cli("sweep", str(write(tmp_path, TINY)), "--trials", "5", "--workers", "2", env=stores)
+    assert proc.returncode == 0, proc.stderr
+    study = load_study(stores)
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3, 4]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
+    runs = children(client, study.user_attrs[PARENT_RUN_ATTR])
+    assert sorted(runs) == [0, 1, 2, 3, 4]
+    assert {r.info.run_id for r in runs.values()} == {t.user_attrs[RUN_ID_ATTR] for t in trials}
+    assert "best trials:" in proc.stdout and "open the UI: http://127.0.0.1:5000/#/experiments/" in proc.stdout
+
+
+LONG = TINY.replace("iterations = 30", "iterations = 100000\nplot_every = 1000")
+
+
+def start_and_wait_for_a_running_trial(tmp_path, env, timeout=120):
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(write(tmp_path, LONG)), "--trials", "2"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            running = load_study(env).get_trials(states=(TrialState.RUNNING,))
+        except Exception:  # the study is not created yet
+            running = []
+        if running and RUN_ID_ATTR in running[0].user_attrs:
+            logged = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_metric_history(running[0].user_attrs[RUN_ID_ATTR], "train_loss")
+            if logged:  # it is mid-trial, with metrics in the store
+                return proc, running[0]
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("no trial started")
+
+
+def test_ctrl_c_kills_the_run_fails_the_trial_and_the_study_continues(tmp_path, stores):
+    proc, trial = start_and_wait_for_a_running_trial(tmp_path, stores)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "make sweep STUDY=tiny" in err
+
+    study = load_study(stores)
+    assert study.get_trials()[trial.number].state == TrialState.FAIL
+    client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
+    run = client.get_run(trial.user_attrs[RUN_ID_ATTR])
+    assert run.info.status == "KILLED" and run.data.tags["optuna.trial_state"] == "FAILED"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) > 0  # what was logged stays
+    assert client.get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "KILLED"
+
+    run_sweep(study_config.load(write(tmp_path, TINY)), trials=1, progress=False)
+    study = load_study(stores)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert client.get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "FINISHED"
+
+
+def test_a_killed_worker_is_detected_failed_and_retried(tmp_path, stores):
+    proc, trial = start_and_wait_for_a_running_trial(tmp_path, stores)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert load_study(stores).get_trials()[trial.number].state == TrialState.RUNNING
+    time.sleep(4)  # past the grace period of 3 s without a heartbeat
+
+    run_sweep(study_config.load(write(tmp_path, TINY)), trials=1, progress=False)
+    trials = load_study(stores).get_trials()
+    dead, retry, new = trials
+    assert dead.number == trial.number and dead.state == TrialState.FAIL
+    assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+    assert retry.system_attrs["failed_trial"] == dead.number
+    assert new.state == TrialState.COMPLETE
+    client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
+    dead_run = client.get_run(dead.user_attrs[RUN_ID_ATTR])
+    assert dead_run.info.status == "FAILED" and dead_run.data.tags["optuna.trial_state"] == "FAILED"
+    retry_run = client.get_run(retry.user_attrs[RUN_ID_ATTR])
+    assert retry_run.info.run_id != dead_run.info.run_id and retry_run.info.status == "FINISHED"
+    assert retry_run.data.tags["optuna.trial_state"] == "COMPLETE"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[sweep]\ntrails = 3\n", "sweep.trails: unknown key; allowed:"),
+    ("[sweep]\nobjective = \"accuracy\"\n", "sweep.objective: 'accuracy' is not one of val_loss, val_accuracy"),
+    ("[sweep]\npruner = \"early\"\n", "sweep.pruner: 'early' is not one of none, median"),
+    ("[sweep.space]\nlr = { low = 1.0, high = 0.1 }\n", "sweep.space.lr: needs numbers low < high"),
+    ("[sweep.space]\nwidth = { low = 1, high = 2 }\n", "sweep.space.width: unknown config key"),
+    ("[sweep.space]\ninit = { choices = [\"default\", \"zeros\"] }\n", "sweep.space.init: 'zeros' is not a valid value"),
+    ("lr = 0.1\n[sweep.space]\nlr = { low = 0.01, high = 1.0 }\n", "sweep.space.lr: is also fixed"),
+])
+def test_sweep_config_errors_are_one_line_before_any_trial(tmp_path, stores, text, message):
+    proc = run_cli("sweep", str(write(tmp_path, text)), env=stores)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {proc.stderr.strip()[7:]}" and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_searching_other_fields_and_a_fixed_default_key(tmp_path):
+    text = 'lr = 0.3\n[sweep.space]\ninit = { choices = ["default", "normal"] }\nhidden = { choices = [[8], [16, 16]] }\n'
+    sweep = study_config.load(write(tmp_path, text))
+    assert set(sweep.settings.space) == {"seed", "iterations", "init", "hidden"}  # lr is fixed
+    study = optuna.create_study()
+    trial = study.ask()
+    values = {n: p.suggest(trial) for n, p in sweep.settings.space.items()}
+    cfg = sweep.trial_config(values)
+    assert cfg.lr == 0.3 and cfg.hidden in ([8], [16, 16]) and cfg.init in ("default", "normal")
+    assert trial.params["hidden"] in ("[8]", "[16, 16]")
