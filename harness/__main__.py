@@ -30,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from harness import study_config
-    from harness.sweep import run_sweep
+    from harness.study import run_sweep
     from harness.sweep_summary import format_table
 
     sweep = study_config.load(args.experiment, args.set)

@@ -42,7 +42,17 @@ def bench_render(quick: bool) -> dict[str, float]:
     return {"render_ms": ours * 1e3, "render_reference_ms": reference * 1e3}
 
 
-BENCHES = {"render": bench_render}
+def bench_sweep(quick: bool) -> dict[str, float]:
+    from harness.bench_sweep import bench_sweep
+    return bench_sweep(quick)
+
+
+def bench_workers(quick: bool) -> dict[str, float]:
+    from harness.bench_sweep import bench_workers
+    return bench_workers(quick)
+
+
+BENCHES = {"render": bench_render, "sweep": bench_sweep, "workers": bench_workers}
 
 
 def main(args) -> int:

@@ -22,6 +22,7 @@ REGION_COLORS = np.array([[251, 180, 174], [179, 205, 227], [204, 235, 197]], dt
 POINT_COLORS = ["#e41a1c", "#377eb8", "#4daf4a"]
 DPI = 100
 GRID_STRIDE = 2  # pixels per grid point along each axis: a quarter of the forward work
+TITLE_GREYS = 16  # palette entries kept for the antialiased title
 
 
 def plane_extent(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, float, float]:
@@ -40,6 +41,15 @@ def draw_static_layer(ax, plane: Plane, labels: np.ndarray, class_names, extent)
     ax.set_xlabel(plane.labels[0])
     ax.set_ylabel(plane.labels[1])
     ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+
+
+def nearest_indices(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """The index of the nearest palette colour for every pixel (exact colours map exactly)."""
+    packed = rgb.reshape(-1, 3).astype(np.int32) @ np.array([1 << 16, 1 << 8, 1])
+    codes, inverse = np.unique(packed, return_inverse=True)
+    colors = np.stack([codes >> 16, (codes >> 8) & 255, codes & 255], axis=1)
+    distance = ((colors[:, None, :] - palette[None].astype(np.int32)) ** 2).sum(axis=2)
+    return distance.argmin(axis=1).astype(np.uint8)[inverse.ravel()].reshape(rgb.shape[:2])
 
 
 def title_text(step: int, loss: float, accuracy: float) -> str:
@@ -74,12 +84,26 @@ class BoundaryRenderer:
         uv = np.stack([uu.ravel(), vv.ravel()], axis=1)
         self.grid = torch.as_tensor(plane.to_inputs(uv)).to(device)
 
-        # outside the axes nothing ever changes: composite that part once
-        white = Image.new("RGBA", self.overlay.size, (255, 255, 255, 255))
-        self.static = Image.alpha_composite(white, self.overlay).convert("RGB")
-        self.overlay_axes = self.overlay.crop((self.cols[0], self.rows[0], self.cols[1], self.rows[1]))
+        # Every pixel an image can have is known now: outside the axes the static layer over
+        # white; inside, the static layer over one of the three region colours; in the title,
+        # a grey level. One palette covers them all, so each image is a few uint8 lookups and
+        # an 8-bit PNG, which MLflow encodes several times faster than an RGB one.
+        box = (self.cols[0], self.rows[0], self.cols[1], self.rows[1])
         self.axes_size = (width, height)
-        self.palette = REGION_COLORS.ravel().tolist()
+        layers = [Image.alpha_composite(Image.new("RGBA", self.overlay.size, (*color, 255)), self.overlay).convert("RGB")
+                  for color in [(255, 255, 255), *map(tuple, REGION_COLORS)]]
+        mosaic = Image.new("RGB", (size * len(layers), size))
+        for i, layer in enumerate(layers):
+            mosaic.paste(layer, (i * size, 0))
+        exact = [255, 255, 255, *REGION_COLORS.ravel().tolist()]  # the flat colours stay exact
+        n_mixed = 256 - TITLE_GREYS - len(exact) // 3
+        mixed = mosaic.quantize(n_mixed, method=Image.Quantize.MEDIANCUT).getpalette()[:3 * n_mixed]
+        greys = [round(k * 255 / (TITLE_GREYS - 1)) for k in range(TITLE_GREYS)]
+        self.palette = exact + mixed + [g for g in greys for _ in range(3)]
+        indexed = [nearest_indices(np.asarray(layer), np.array(self.palette).reshape(-1, 3)) for layer in layers]
+        self.static = indexed[0]
+        self.regions_by_class = np.stack([ix[self.rows[0]:self.rows[1], self.cols[0]:self.cols[1]] for ix in indexed[1:]])
+        self.title_box = (0, self.rows[0])  # the white band above the axes
         font_path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
         self.font = ImageFont.truetype(str(font_path), size=max(12, size // 30))
 
@@ -100,24 +124,33 @@ class BoundaryRenderer:
         model.train(was_training)
         return classes.reshape(self.grid_shape)
 
-    def render(self, model: nn.Module, step: int, loss: float, accuracy: float) -> np.ndarray:
-        """An RGB uint8 image (size x size x 3)."""
+    def render(self, model: nn.Module, step: int, loss: float, accuracy: float) -> Image.Image:
+        """A size x size palette image."""
         return self.compose(self.predict_regions(model), title_text(step, loss, accuracy))
 
-    def compose(self, regions: np.ndarray, title: str) -> np.ndarray:
-        classes = Image.fromarray(regions)
-        classes.putpalette(self.palette)
-        axes = classes.resize(self.axes_size, Image.NEAREST).convert("RGBA")
-        image = self.static.copy()
-        image.paste(Image.alpha_composite(axes, self.overlay_axes).convert("RGB"), (self.cols[0], self.rows[0]))
-        draw = ImageDraw.Draw(image)
-        draw.text((self.size / 2, self.rows[0] / 2), title, fill=(0, 0, 0), font=self.font, anchor="mm")
-        return np.asarray(image)
+    def compose(self, regions: np.ndarray, title: str) -> Image.Image:
+        pixels = self.static.copy()
+        height, width = self.axes_size[1], self.axes_size[0]
+        up = regions.repeat(GRID_STRIDE, axis=0).repeat(GRID_STRIDE, axis=1)[:height, :width]
+        axes = pixels[self.rows[0]:self.rows[1], self.cols[0]:self.cols[1]]
+        for c, layer in enumerate(self.regions_by_class):
+            mask = up == c
+            axes[mask] = layer[mask]
+
+        # the title in greys (0 black .. TITLE_GREYS-1 white), antialiased, then mapped to the palette
+        band = Image.new("L", (self.size, self.rows[0]), 255)
+        ImageDraw.Draw(band).text((self.size / 2, self.rows[0] / 2), title, fill=0, font=self.font, anchor="mm")
+        grey = np.asarray(band)
+        ink = grey < 255
+        pixels[:self.rows[0]][ink] = (256 - TITLE_GREYS) + (grey[ink].astype(np.uint16) * (TITLE_GREYS - 1) // 255).astype(np.uint8)
+
+        image = Image.frombytes("P", (self.size, self.size), pixels.tobytes())
+        image.putpalette(self.palette)
+        return image
 
 
-def render_with_new_figure(regions: np.ndarray, plane: Plane, labels: np.ndarray, class_names,
-                           size: int, title: str) -> np.ndarray:
-    """The tutorial way, one new figure per image: the reference `make bench` compares against."""
+def new_figure(regions: np.ndarray, plane: Plane, labels: np.ndarray, class_names, size: int, title: str):
+    """The tutorial way, one new pyplot figure per image: the reference `make bench` compares against."""
     import matplotlib.pyplot as plt
 
     extent = plane_extent(plane.points)
@@ -126,6 +159,15 @@ def render_with_new_figure(regions: np.ndarray, plane: Plane, labels: np.ndarray
     ax.imshow(REGION_COLORS[regions], extent=extent, aspect="auto", interpolation="nearest")
     draw_static_layer(ax, plane, labels, class_names, extent)
     ax.set_title(title)
+    return fig
+
+
+def render_with_new_figure(regions: np.ndarray, plane: Plane, labels: np.ndarray, class_names,
+                           size: int, title: str) -> np.ndarray:
+    """`new_figure`, drawn to an RGB array and closed."""
+    import matplotlib.pyplot as plt
+
+    fig = new_figure(regions, plane, labels, class_names, size, title)
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)

@@ -19,6 +19,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.sqlite import tune_sqlite_connections
 from harness.study_config import SweepConfig
 from harness.tracking import Tracker
 
@@ -55,6 +56,7 @@ def open_storage(url: str, settings: SweepConfig, tracking_uri: str) -> RDBStora
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers write to one file
+        tune_sqlite_connections()
     return RDBStorage(url, engine_kwargs=engine_kwargs,
                       heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period,
                       heartbeat_stale_trial_callback=CloseDeadTrial(tracking_uri, settings.max_retry))

@@ -1,13 +1,18 @@
 """Everything MLflow, behind one small module: the only one that imports mlflow.
 
 Runs are always closed: FINISHED when the body returns, KILLED on Ctrl-C, FAILED on any other
-exception. Metrics are buffered and written with log_batch, at most 1000 values a call.
+exception, and only after every write they were given is in the store. Metrics are buffered and
+written with log_batch, at most 1000 values a call; batches and images are written by a
+background thread (MlflowClient with explicit run ids), so training does not wait for them.
 """
 
 import os
+import queue
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +21,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
+
+from harness.sqlite import tune_sqlite_connections
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 BATCH_LIMIT = 1000  # MLflow's limit of metric values per log_batch call
@@ -38,12 +45,46 @@ def git_commit() -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+class Writer:
+    """A background thread that does the slow writes (metric batches, images) in order, so
+    training goes on meanwhile. `drain` waits for them and raises the first error they hit."""
+
+    def __init__(self, max_pending: int = 64):
+        self.queue: queue.Queue = queue.Queue(maxsize=max_pending)  # bounds the memory held
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def submit(self, fn, *args) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._loop, daemon=True, name="mlflow-writer")
+            self.thread.start()
+        self.queue.put((fn, args))
+
+    def _loop(self) -> None:
+        while True:
+            fn, args = self.queue.get()
+            try:
+                if self.error is None:
+                    fn(*args)
+            except BaseException as e:  # kept for drain() to raise in the caller's thread
+                self.error = e
+            finally:
+                self.queue.task_done()
+
+    def drain(self) -> None:
+        self.queue.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
 class RunLogger:
     """Writes to one run through MlflowClient with an explicit run id."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    def __init__(self, client: MlflowClient, run_id: str, writer: Writer | None = None):
         self.client = client
         self.run_id = run_id
+        self.writer = writer or Writer()
         self.pending: list[Metric] = []
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
@@ -53,9 +94,15 @@ class RunLogger:
             self.flush()
 
     def flush(self) -> None:
+        """Hand the buffered metrics to the writer, at most BATCH_LIMIT a call."""
         while self.pending:
             batch, self.pending = self.pending[:BATCH_LIMIT], self.pending[BATCH_LIMIT:]
-            self.client.log_batch(self.run_id, metrics=batch)
+            self.writer.submit(partial(self.client.log_batch, metrics=batch), self.run_id)
+
+    def wait(self) -> None:
+        """Everything logged so far is in the store once this returns."""
+        self.flush()
+        self.writer.drain()
 
     def log_params(self, params: dict[str, object]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]
@@ -66,7 +113,7 @@ class RunLogger:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_image(self, image: np.ndarray, key: str, step: int) -> None:
-        self.client.log_image(self.run_id, image, key=key, step=step)
+        self.writer.submit(partial(self.client.log_image, key=key, step=step), self.run_id, image)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -80,7 +127,9 @@ class Tracker:
         self.local_db = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
         if self.local_db:
             self.local_db.parent.mkdir(parents=True, exist_ok=True)
+            tune_sqlite_connections()
         self.client = MlflowClient(self.uri)
+        self.writer = Writer()
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -101,7 +150,7 @@ class Tracker:
             tags[MLFLOW_GIT_COMMIT] = commit
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name,
                                      tags={k: str(v) for k, v in tags.items()})
-        logger = RunLogger(self.client, run.info.run_id)
+        logger = RunLogger(self.client, run.info.run_id, self.writer)
         if params:
             logger.log_params(params)
         return logger
@@ -113,11 +162,11 @@ class Tracker:
         except MlflowException:
             return None
         self.client.update_run(run_id, status="RUNNING")
-        return RunLogger(self.client, run_id)
+        return RunLogger(self.client, run_id, self.writer)
 
     def close_run(self, logger: RunLogger, status: str) -> None:
         try:
-            logger.flush()
+            logger.wait()
         finally:
             self.client.set_terminated(logger.run_id, status)
 
@@ -155,3 +204,16 @@ class Tracker:
 
     def ui_command(self) -> str:
         return "make ui" if self.uri == DEFAULT_TRACKING_URI else f"mlflow ui --backend-store-uri {self.uri}"
+
+
+@contextmanager
+def tutorial_run(uri: str, experiment: str, run_name: str, params: dict[str, object]) -> Iterator[object]:
+    """The tutorial way of logging, kept only as `make bench`'s reference: MLflow's fluent API,
+    one `log_metric` call per value and one `log_figure` per image."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name):
+        mlflow.log_params(params)
+        yield mlflow

@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 
 from harness import study_config
 from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
-from harness.sweep import ReportToTrial, run_sweep
+from harness.study import run_sweep
+from harness.sweep import ReportToTrial
 from conftest import ROOT, run_cli
 from test_tracking import image_steps
 

@@ -1,0 +1,117 @@
+"""Sweep figures for `make bench`: our sweep against a tutorial-style one, and 2 workers against 1.
+
+Both sides of each ratio run here, one after the other, into fresh temporary stores.
+"""
+
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import optuna
+
+from harness import study_config
+from harness.boundary import new_figure, title_text
+from harness.experiment import Workspace, run_params
+from harness.study import run_sweep
+from harness.tracking import Tracker, tutorial_run
+from harness.train import Callbacks, train
+
+SWEEP = """
+experiment = "bench"
+iterations = 200
+plot_every = 10
+device = "cpu"
+[sweep]
+study = "bench"
+sampler = "random"
+[sweep.space]
+lr = {{ low = 0.01, high = 1.0, log = true }}
+seed = {{ low = 0, high = 9999 }}
+"""
+
+
+@contextmanager
+def fresh_stores():
+    """Temporary MLflow and Optuna stores, their tables created before any clock starts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "OPTUNA_STORAGE": f"sqlite:///{tmp}/optuna.db"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            Tracker(env["MLFLOW_TRACKING_URI"]).experiment_id("bench")
+            optuna.storages.RDBStorage(env["OPTUNA_STORAGE"])
+            yield tmp
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def load_sweep(tmp: str) -> study_config.Sweep:
+    path = Path(tmp) / "bench.toml"
+    path.write_text(SWEEP.format())
+    return study_config.load(path)
+
+
+def timed_sweep(trials: int, workers: int) -> float:
+    with fresh_stores() as tmp:
+        sweep = load_sweep(tmp)
+        start = time.perf_counter()
+        run_sweep(sweep, trials=trials, workers=workers, progress=False)
+        return time.perf_counter() - start
+
+
+class TutorialLogging(Callbacks):
+    """One log_metric call per value, one new figure and log_figure per boundary."""
+
+    def __init__(self, mlflow, workspace):
+        self.mlflow, self.workspace = mlflow, workspace
+
+    def on_step(self, step, metrics):
+        for key, value in metrics.items():
+            self.mlflow.log_metric(key, value, step=step)
+        return False
+
+    def on_boundary(self, step, model, metrics):
+        w = self.workspace
+        fig = new_figure(w.renderer.predict_regions(model), w.data.plane, w.data.y_train.numpy(), w.data.class_names,
+                         w.renderer.size, title_text(step, metrics["train_loss"], metrics["train_accuracy"]))
+        self.mlflow.log_figure(fig, f"boundary/step_{step:04d}.png")
+        plt.close(fig)
+
+
+def timed_tutorial_sweep(trials: int) -> float:
+    """The same study, trial after trial, the way a tutorial logs."""
+    with fresh_stores() as tmp:
+        sweep = load_sweep(tmp)
+        uri = os.environ["MLFLOW_TRACKING_URI"]
+        start = time.perf_counter()
+        study = optuna.create_study(storage=os.environ["OPTUNA_STORAGE"], sampler=optuna.samplers.RandomSampler(seed=0))
+        for _ in range(trials):
+            trial = study.ask()
+            cfg = sweep.trial_config({n: p.suggest(trial) for n, p in sweep.settings.space.items()})
+            workspace = Workspace.for_config(cfg)  # a tutorial rebuilds everything per trial
+            with tutorial_run(uri, cfg.experiment, f"trial-{trial.number}", run_params(cfg, workspace.device)) as mlflow:
+                result = train(cfg, workspace.data, workspace.device, TutorialLogging(mlflow, workspace))
+            study.tell(trial, result.final["val_loss"])
+        return time.perf_counter() - start
+
+
+def bench_sweep(quick: bool) -> dict[str, float]:
+    trials = 3 if quick else 20
+    ours = timed_sweep(trials, workers=1)
+    reference = timed_tutorial_sweep(trials)
+    print(f"sweep   {trials} trials x 200 iterations, 4 metrics/step, boundary every 10: {ours:.1f} s, "
+          f"tutorial-style reference {reference:.1f} s, {reference / ours:.1f}x faster (goal: >= 15x)")
+    return {"sweep_s": ours, "sweep_reference_s": reference}
+
+
+def bench_workers(quick: bool) -> dict[str, float]:
+    trials = 4 if quick else 40
+    one = timed_sweep(trials, workers=1)
+    two = timed_sweep(trials, workers=2)
+    print(f"workers {trials} trials x 200 iterations: 1 worker {one:.1f} s, 2 workers {two:.1f} s, "
+          f"{one / two:.2f}x faster (goal: >= 1.6x on 2 cores)")
+    return {"workers_1_s": one, "workers_2_s": two}

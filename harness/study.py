@@ -1,0 +1,93 @@
+"""Run or continue a study: its parent MLflow run, its trial budget, its workers, its summary."""
+
+import optuna
+from tqdm import tqdm
+
+from harness import study_storage
+from harness.config import ConfigError
+from harness.runtime import resolve_device
+from harness.study_config import Sweep
+from harness.study_storage import PARENT_RUN_ATTR
+from harness.sweep import Job, work
+from harness.sweep_summary import SweepSummary, summarize
+from harness.tracking import Tracker, tracking_uri
+from harness.workers import WorkerPool
+
+
+def sweep_params(sweep: Sweep) -> dict[str, object]:
+    """The parent run's params: how the study searches, and what it holds fixed."""
+    s = sweep.settings
+    space = {f"space.{p.name}": (p.choices if p.choices is not None else f"[{p.low}, {p.high}]" + (" log" if p.log else ""))
+             for p in s.space.values()}
+    fixed = {f"fixed.{k}": v for k, v in sweep.fixed.items()}
+    return {"sampler": s.sampler, "sampler_seed": s.sampler_seed, "objective": s.objective,
+            "pruner": s.pruner, **space, **fixed}
+
+
+def open_study(sweep: Sweep, study_name: str, storage_url: str, tracker: Tracker):
+    """Create the study and its parent run, or load both to continue them."""
+    settings = sweep.settings
+    storage = study_storage.open_storage(storage_url, settings, tracker.uri)
+    study = optuna.create_study(study_name=study_name, storage=storage, directions=settings.directions,
+                                load_if_exists=True)
+    have = [d.name.lower() for d in study.directions]
+    if have != settings.directions:
+        raise ConfigError(f"sweep.objective: study '{study_name}' was created to {', '.join(have)}; "
+                          f"this file asks to {', '.join(settings.directions)}: choose another study name")
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    parent = tracker.resume_run(run_id) if run_id else None
+    if parent is None:
+        parent = tracker.open_run(sweep.base.experiment, study_name, params=sweep_params(sweep),
+                                  tags={"optuna.study_name": study_name})
+        study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
+    return study, parent
+
+
+def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = None,
+              workers: int | None = None, progress: bool = True) -> SweepSummary:
+    """Add `trials` trials to the study (created if new) and return its summary."""
+    settings = sweep.settings
+    trials = settings.trials if trials is None else trials
+    study_name = study_name or settings.study
+    workers = workers or settings.workers
+    if trials < 0 or workers < 1:
+        raise ConfigError(f"trials must be >= 0 and workers >= 1, got trials={trials} workers={workers}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pool = WorkerPool(workers) if workers > 1 else None
+    try:
+        resolve_device(sweep.base.device)  # an unavailable device fails here, before any trial
+        tracker = Tracker(tracking_uri())
+        storage_url = study_storage.storage_url()
+        study, parent = open_study(sweep, study_name, storage_url, tracker)
+    except BaseException:
+        if pool:
+            pool.cancel()
+        raise
+
+    with study_storage.budget_lock(storage_url):
+        optuna.storages.fail_stale_trials(study)
+        existing = study.get_trials(deepcopy=False)
+        target = study_storage.budget_count(existing) + trials
+    # a fresh sampler seed per worker and per continuation, all derived from sampler_seed
+    jobs = [Job(sweep, study_name, storage_url, tracker.uri, parent.run_id, target,
+                sampler_seed=settings.sampler_seed + 7919 * len(existing) + i)
+            for i in range(workers)]
+    bar = tqdm(total=trials, desc=f"study {study_name}", unit="trial", disable=not progress)
+    status = "FAILED"
+    try:
+        if pool:
+            pool.run(jobs, study, bar)
+        else:
+            work(jobs[0], on_trial_done=lambda number: bar.update(1))
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        bar.close()
+        try:
+            summary = summarize(study, settings.objectives, parent, tracker.experiment_url(sweep.base.experiment),
+                                with_figures=status == "FINISHED")
+        finally:
+            tracker.close_run(parent, status)
+    return summary

@@ -1,0 +1,80 @@
+"""Parallel sweep workers on one machine: processes that share the study and the MLflow store."""
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+
+import optuna
+
+from harness.sweep import Job, work
+
+
+def finished_count(study: optuna.Study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+
+
+def worker_main(jobs) -> None:
+    """Entry point of a worker process: wait for the job, then work until the budget is spent."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        job = jobs.recv()
+        if job is not None:
+            work(job)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+class WorkerPool:
+    """Worker processes, started before this process opens any database or thread.
+
+    On Linux they are forked, so they start warm (torch, MLflow and Optuna already imported)
+    instead of spending seconds importing them again; elsewhere they are spawned.
+    """
+
+    def __init__(self, size: int):
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        self.processes, self.links = [], []
+        for i in range(size):
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=worker_main, args=(receive,), name=f"sweep-worker-{i}")
+            process.start()
+            self.processes.append(process)
+            self.links.append(send)
+
+    def run(self, jobs: list[Job], study: optuna.Study, progress) -> None:
+        """Hand out the jobs and follow the study until every worker is done."""
+        for link, job in zip(self.links, jobs):
+            link.send(job)
+        start = finished_count(study)
+        try:
+            while any(p.is_alive() for p in self.processes):
+                progress.n = finished_count(study) - start
+                progress.refresh()
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            self.interrupt()
+            raise
+        progress.n = finished_count(study) - start
+        progress.refresh()
+        dead = [p.name for p in self.processes if p.exitcode != 0]
+        if dead:
+            print(f"workers that did not end cleanly: {', '.join(dead)}; a trial they left running is "
+                  f"retried by the next sweep", file=sys.stderr)
+
+    def interrupt(self) -> None:
+        """Ctrl-C: from a terminal the workers got it too; give them a moment, then pass it on."""
+        for p in self.processes:
+            p.join(2)
+        for p in self.processes:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
+        for p in self.processes:
+            p.join(60)
+
+    def cancel(self) -> None:
+        for link in self.links:
+            link.send(None)
+        for p in self.processes:
+            p.join(60)
