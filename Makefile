@@ -37,8 +37,11 @@ sweep: $(STAMP) ## run or continue the Optuna study (CONFIG=file.toml TRIALS=N S
 ui: $(STAMP) ## open the MLflow UI over mlruns/ on http://127.0.0.1 (PORT=5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(PORT)
 
-test: $(STAMP) ## run the test suite (what CI runs)
-	$(PY) -m pytest -q
+test: $(STAMP) ## run the test suite, less the tests marked slow (CI runs both)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP) ## run only the slow tests (killed workers, Ctrl-C, parallel workers)
+	$(PY) -m pytest -q -m slow
 
 bench: $(STAMP) ## speed figures, each against a reference run in the same process
 	$(PY) -m harness bench

@@ -58,9 +58,14 @@ def test_missing_experiment_file():
         config.load("nope.toml")
 
 
+def missing_device() -> str:
+    import torch
+    return "cuda" if not torch.cuda.is_available() else "mps"
+
+
 def test_cli_config_error_is_one_line_exit_2_and_logs_nothing(cli_env, tmp_path):
     env = {**cli_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/untouched.db"}
-    for bad in (["--set", "lr=-1"], ["--set", "init=zeros"], ["--set", "colour=red"], ["--set", "device=cuda"]):
+    for bad in (["--set", "lr=-1"], ["--set", "init=zeros"], ["--set", "colour=red"], ["--set", f"device={missing_device()}"]):
         proc = run_cli("train", *bad, env=env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()

@@ -142,6 +142,7 @@ def test_a_trial_that_raises_is_failed_on_both_sides_and_the_sweep_goes_on(tmp_p
     assert sorted(m.step for m in client.get_metric_history(failed.info.run_id, "train_loss")) == list(range(6))
 
 
+@pytest.mark.slow
 def test_two_worker_processes_add_exactly_the_requested_trials(tmp_path, stores):
     proc = run_cli("sweep", str(write(tmp_path, TINY)), "--trials", "5", "--workers", "2", env=stores)
     assert proc.returncode == 0, proc.stderr
@@ -177,6 +178,7 @@ def start_and_wait_for_a_running_trial(tmp_path, env, timeout=120):
     raise AssertionError("no trial started")
 
 
+@pytest.mark.slow
 def test_ctrl_c_kills_the_run_fails_the_trial_and_the_study_continues(tmp_path, stores):
     proc, trial = start_and_wait_for_a_running_trial(tmp_path, stores)
     proc.send_signal(signal.SIGINT)
@@ -198,6 +200,7 @@ def test_ctrl_c_kills_the_run_fails_the_trial_and_the_study_continues(tmp_path, 
     assert client.get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_detected_failed_and_retried(tmp_path, stores):
     proc, trial = start_and_wait_for_a_running_trial(tmp_path, stores)
     proc.send_signal(signal.SIGKILL)
