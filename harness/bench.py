@@ -4,23 +4,16 @@ Ratios, not absolute times, are the goals; the absolute times say which machine 
 """
 
 import platform
-import time
 
 import torch
 
 from harness import config, data as data_lib
+from harness.config import ConfigError
+from harness.bench_sweep import bench_calls, bench_sweep, bench_workers, per_call
 from harness.boundary import render_with_new_figure, renderer_for, title_text
 from harness.model import create
 from harness.runtime import seed_everything
-
-
-def timed(fn, repeats: int) -> float:
-    """Seconds per call, after one warm-up call."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats
+from harness.train import train
 
 
 def bench_render(quick: bool) -> dict[str, float]:
@@ -32,8 +25,8 @@ def bench_render(quick: bool) -> dict[str, float]:
     model = create(cfg, wine.n_features, seed_everything(0), device)
     labels = wine.y_train.numpy()
 
-    ours = timed(lambda: renderer.render(model, 10, 0.5, 0.8), 20 if quick else 200)
-    reference = timed(lambda: render_with_new_figure(renderer.predict_regions(model), wine.plane, labels,
+    ours = per_call(lambda: renderer.render(model, 10, 0.5, 0.8), 20 if quick else 200)
+    reference = per_call(lambda: render_with_new_figure(renderer.predict_regions(model), wine.plane, labels,
                                                      wine.class_names, cfg.image_size, title_text(10, 0.5, 0.8)),
                       3 if quick else 20)
     print(f"render  {cfg.image_size}x{cfg.image_size} px: {ours * 1e3:.2f} ms/image, "
@@ -42,22 +35,18 @@ def bench_render(quick: bool) -> dict[str, float]:
     return {"render_ms": ours * 1e3, "render_reference_ms": reference * 1e3}
 
 
-def bench_sweep(quick: bool) -> dict[str, float]:
-    from harness.bench_sweep import bench_sweep
-    return bench_sweep(quick)
-
-
-def bench_workers(quick: bool) -> dict[str, float]:
-    from harness.bench_sweep import bench_workers
-    return bench_workers(quick)
-
-
-BENCHES = {"render": bench_render, "sweep": bench_sweep, "workers": bench_workers}
+BENCHES = {"render": bench_render, "calls": bench_calls, "sweep": bench_sweep, "workers": bench_workers}
 
 
 def main(args) -> int:
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}, python {platform.python_version()}")
+    # torch's first forward and backward pay a one-time start-up: pay it before any clock runs
+    cfg = config.build({"device": "cpu", "iterations": 3})
+    train(cfg, data_lib.load(cfg, torch.device("cpu")), torch.device("cpu"))
+    unknown = [name for name in args.only or () if name not in BENCHES]
+    if unknown:
+        raise ConfigError(f"--only: {unknown[0]!r} is not one of {', '.join(BENCHES)}")
     for name in args.only or BENCHES:
         BENCHES[name](args.quick)
     return 0

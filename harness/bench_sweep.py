@@ -115,3 +115,54 @@ def bench_workers(quick: bool) -> dict[str, float]:
     print(f"workers {trials} trials x 200 iterations: 1 worker {one:.1f} s, 2 workers {two:.1f} s, "
           f"{one / two:.2f}x faster (goal: >= 1.6x on 2 cores)")
     return {"workers_1_s": one, "workers_2_s": two}
+
+
+def bench_calls(quick: bool) -> dict[str, float]:
+    """What one trial's writes cost, call by call, waited for: the floor under the sweep's ratio."""
+    from harness import config
+    from harness.model import create
+    from harness.runtime import seed_everything
+
+    repeats = 3 if quick else 21
+    cfg = config.build({"device": "cpu"})
+    workspace = Workspace.for_config(cfg)
+    model = create(cfg, workspace.data.n_features, seed_everything(0), workspace.device)
+    image = workspace.renderer.render(model, 0, 1.0, 0.5)
+    step_metrics = {"train_loss": 0.5, "train_accuracy": 0.5, "val_loss": 0.5, "val_accuracy": 0.5}
+    with fresh_stores():
+        tracker = Tracker(os.environ["MLFLOW_TRACKING_URI"])
+
+        def one_run():
+            tracker.close_run(tracker.open_run("bench", "calls", params=run_params(cfg, workspace.device)), "FINISHED")
+
+        logger = tracker.open_run("bench", "calls")
+
+        def trial_metrics():  # one trial's 201 steps x 4 metrics, written as one log_batch
+            for step in range(201):
+                logger.log_metrics(step_metrics, step)
+            logger.wait()
+
+        def one_image():
+            logger.log_image(image, key="boundary", step=0)
+            logger.wait()
+
+        figures = {
+            "run start + params + end": per_call(one_run, repeats),
+            "log_batch of one trial's 804 values": per_call(trial_metrics, max(2, repeats // 5)),
+            "log_image of one boundary": per_call(one_image, repeats),
+            "log_metric of one value (the reference's way)": per_call(
+                lambda: tracker.client.log_metric(logger.run_id, "x", 0.5, step=0), repeats * 5),
+        }
+        tracker.close_run(logger, "FINISHED")
+    for name, seconds in figures.items():
+        print(f"calls   {name}: {seconds * 1e3:.1f} ms")
+    return figures
+
+
+def per_call(fn, repeats: int) -> float:
+    """Seconds per call, after one warm-up call."""
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
