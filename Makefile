@@ -11,16 +11,18 @@ TORCH_SPEC ?= torch==2.13.0
 PORT ?= 5000
 EXPERIMENT ?= experiments/lecture.toml
 CONFIG ?= experiments/sweep.toml
+SEEDS_CONFIG ?= experiments/seeds.toml
 # sweep options, passed on only when set: make sweep TRIALS=5 STUDY=name WORKERS=2
 SWEEP_ARGS := $(if $(TRIALS),--trials $(TRIALS)) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep ui test test-slow bench clean
+.PHONY: help install train sweep seeds ui test test-slow bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
+	@echo "installing wine-init into $(VENV) (first time only: a minute or two)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e '.[dev]'
@@ -33,6 +35,9 @@ train: $(STAMP) ## train the lecture's network once (EXPERIMENT=file.toml, ARGS=
 
 sweep: $(STAMP) ## run or continue the Optuna study (CONFIG=file.toml TRIALS=N STUDY=name WORKERS=N)
 	$(PY) -m harness sweep $(CONFIG) $(SWEEP_ARGS)
+
+seeds: $(STAMP) ## train many seeds at once as one run (SEEDS_CONFIG=file.toml COUNT=N)
+	$(PY) -m harness seeds $(SEEDS_CONFIG) $(if $(COUNT),--count $(COUNT))
 
 ui: $(STAMP) ## open the MLflow UI over mlruns/ on http://127.0.0.1 (PORT=5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(PORT)

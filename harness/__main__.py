@@ -9,10 +9,11 @@ from harness.config import ConfigError
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness import config
+
+    cfg = config.load(args.experiment, args.set)  # a bad key fails here, before the heavy imports
     from harness.experiment import Workspace, run_training
     from harness.tracking import Tracker
 
-    cfg = config.load(args.experiment, args.set)
     workspace = Workspace.for_config(cfg)  # device and data errors surface before any run exists
     tracker = Tracker()
     outcome = run_training(cfg, tracker, workspace)
@@ -30,10 +31,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from harness import study_config
+
+    sweep = study_config.load(args.experiment, args.set)  # a bad key fails here, before the heavy imports
     from harness.study import run_sweep
     from harness.sweep_summary import format_table
 
-    sweep = study_config.load(args.experiment, args.set)
     study = args.study or sweep.settings.study
     try:
         summary = run_sweep(sweep, trials=args.trials, study_name=study, workers=args.workers)
@@ -43,6 +45,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"continue the study with: make sweep STUDY={study}{again}", file=sys.stderr)
         return 130
     print(format_table(summary))
+    return 0
+
+
+def cmd_seeds(args: argparse.Namespace) -> int:
+    from harness import seed_scan
+
+    scan = seed_scan.load(args.experiment, args.set, count=args.count)  # bad input fails before the heavy work
+    from harness.tracking import Tracker
+
+    tracker = Tracker()
+    run_id, summary = seed_scan.run_scan(scan, tracker)
+    print(f"run {run_id} in experiment '{scan.base.experiment}': {scan.count} seeds at lr {scan.base.lr}, "
+          f"{scan.base.iterations} iterations, trained together in {summary['train_seconds']:.1f} s")
+    if summary["reached"]:
+        print(f"reaching {scan.base.target_accuracy:.0%} train accuracy took from "
+              f"{summary['iterations_to_target_min']:.0f} to {summary['iterations_to_target_max']:.0f} iterations "
+              f"(median {summary['iterations_to_target_median']:.0f}, p10 {summary['iterations_to_target_p10']:.0f}, "
+              f"p90 {summary['iterations_to_target_p90']:.0f}) depending only on the seed")
+    print(f"{summary['reached']} of {scan.count} seeds reached the target, {summary['diverged']} diverged")
+    print(f"open the UI: {tracker.ui_command()}")
     return 0
 
 
@@ -67,6 +89,12 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, help="parallel worker processes (default: the file's sweep.workers)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a fixed config key")
     sweep.set_defaults(func=cmd_sweep)
+
+    seeds = sub.add_parser("seeds", help="train many seeds at once, logged as one MLflow run")
+    seeds.add_argument("experiment", nargs="?", help="experiment TOML file with an optional [seeds] table")
+    seeds.add_argument("--count", type=int, help="how many seeds (default: the file's seeds.count, else 1000)")
+    seeds.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    seeds.set_defaults(func=cmd_seeds)
 
     bench = sub.add_parser("bench", help="speed figures against in-process references")
     bench.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")

@@ -8,12 +8,17 @@ import torch
 from harness.config import ConfigError
 
 
+def init_generator(seed: int) -> torch.Generator:
+    """The generator that draws a model's initial weights: the seed alone fixes them."""
+    return torch.Generator().manual_seed(seed)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch, and return the generator that draws the initial weights."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    return init_generator(seed)
 
 
 def _mps_available() -> bool:

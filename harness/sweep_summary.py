@@ -102,5 +102,6 @@ def format_table(summary: SweepSummary) -> str:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in summary.counts.items() if n or s in ("COMPLETE", "PRUNED", "FAIL"))
     out = [f"study '{summary.study_name}': {directions}", f"trials: {counts}", "", f"{title}:"]
     out += [line(header), *(line(r) for r in rows)] if rows else ["  (no complete trial yet)"]
-    out += ["", f"MLflow parent run {summary.parent_run_id}", f"open the UI: {summary.experiment_url}"]
+    out += ["", f"MLflow parent run {summary.parent_run_id}",
+            f"open the UI: make ui, then {summary.experiment_url}"]
     return "\n".join(out)

@@ -154,7 +154,7 @@ def test_two_worker_processes_add_exactly_the_requested_trials(tmp_path, stores)
     runs = children(client, study.user_attrs[PARENT_RUN_ATTR])
     assert sorted(runs) == [0, 1, 2, 3, 4]
     assert {r.info.run_id for r in runs.values()} == {t.user_attrs[RUN_ID_ATTR] for t in trials}
-    assert "best trials:" in proc.stdout and "open the UI: http://127.0.0.1:5000/#/experiments/" in proc.stdout
+    assert "best trials:" in proc.stdout and "open the UI: make ui, then http://127.0.0.1:5000/#/experiments/" in proc.stdout
 
 
 LONG = TINY.replace("iterations = 30", "iterations = 100000\nplot_every = 1000")

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from harness import config, data as data_lib
+from harness.batched import BatchResult, stacked_parameters, train_batch
+from harness.model import create
+from harness.runtime import init_generator
+from harness.train import METRICS, train
+
+
+def configs(**common):
+    """A mix of seeds, learning rates, inits and momentum, all sharing one architecture."""
+    variants = [
+        dict(seed=0, lr=0.7), dict(seed=1, lr=0.05, momentum=0.9), dict(seed=2, lr=0.3, init="xavier_uniform"),
+        dict(seed=3, lr=0.1, init="kaiming_normal", momentum=0.5), dict(seed=4, lr=1.0, init="normal", init_std=0.5),
+        dict(seed=5, lr=0.02, iterations=17),
+    ]
+    return [config.build({"device": "cpu", "iterations": 60, **common, **v}) for v in variants]
+
+
+def assert_same_curves(cfgs, batch: BatchResult, wine, cpu):
+    for k, cfg in enumerate(cfgs):
+        single = train(cfg, wine, cpu)
+        batched = batch.result(k, cfg.target_accuracy)
+        assert batched.last_step == single.last_step and batched.diverged == single.diverged
+        for name in METRICS:
+            np.testing.assert_allclose(batched.history[name], single.history[name], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"model {k} ({cfg.seed=}, {cfg.lr=}, {cfg.init=}, {cfg.momentum=}): {name}")
+        assert batched.iterations_to_target == single.iterations_to_target
+
+
+@pytest.mark.parametrize("hidden, features", [([32], ["alcohol", "color_intensity"]), ([16, 8], "all")])
+def test_each_model_follows_its_single_model_curve(hidden, features, cpu):
+    cfgs = configs(hidden=hidden, features=features)
+    wine = data_lib.load(cfgs[0], cpu)
+    assert_same_curves(cfgs, train_batch(cfgs, wine, cpu), wine, cpu)
+
+
+def test_initial_weights_are_the_single_models(cpu):
+    cfgs = configs(hidden=[8, 4])
+    params = stacked_parameters(cfgs, 2, cpu)
+    for k, cfg in enumerate(cfgs):
+        model = create(cfg, 2, init_generator(cfg.seed), cpu)
+        linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+        for i, layer in enumerate(linears):
+            assert torch.equal(params[2 * i][k], layer.weight.T)
+            assert torch.equal(params[2 * i + 1][k, 0], layer.bias)
+
+
+def test_a_diverging_model_stops_and_the_others_go_on(cpu):
+    cfgs = [config.build({"device": "cpu", "iterations": 40, "seed": s, "lr": lr}) for s, lr in [(0, 0.5), (1, 1e6), (2, 0.2)]]
+    wine = data_lib.load(cfgs[0], cpu)
+    batch = train_batch(cfgs, wine, cpu)
+    assert list(batch.diverged) == [False, True, False]
+    assert batch.last_step[1] < 40 and batch.last_step[0] == batch.last_step[2] == 40
+    assert_same_curves(cfgs, batch, wine, cpu)
+
+
+def test_models_must_share_the_architecture(cpu):
+    cfgs = [config.build({"hidden": [8]}), config.build({"hidden": [16]})]
+    with pytest.raises(ValueError, match="hidden: models trained together must share it"):
+        train_batch(cfgs, data_lib.load(cfgs[0], cpu), cpu)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_batch_matches_cpu_batch(cpu):
+    cfgs = configs()
+    cuda = torch.device("cuda")
+    on_gpu = train_batch(cfgs, data_lib.load(cfgs[0], cuda), cuda)
+    on_cpu = train_batch(cfgs, data_lib.load(cfgs[0], cpu), cpu)
+    for name in METRICS:
+        np.testing.assert_allclose(on_gpu.history[name], on_cpu.history[name], rtol=1e-4, atol=1e-5)
