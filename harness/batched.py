@@ -43,33 +43,58 @@ class BatchResult:
 
 
 def stacked_parameters(cfgs: list[TrainConfig], n_inputs: int, device: torch.device) -> list[torch.Tensor]:
-    """[W1, b1, W2, b2, ...] with W: (K, in, out) and b: (K, 1, out), drawn exactly as
+    """[W1, b1, W2, b2, ...] with W: (K, out, in) and b: (K, out, 1), drawn exactly as
     `model.create` draws each model (its own generator, on the CPU)."""
     models = [model_lib.create(cfg, n_inputs, init_generator(cfg.seed), torch.device("cpu")) for cfg in cfgs]
     layers = [[m for m in model if isinstance(m, nn.Linear)] for model in models]
     params = []
     for i in range(len(layers[0])):
-        params.append(torch.stack([ls[i].weight.detach().T for ls in layers]))
-        params.append(torch.stack([ls[i].bias.detach()[None] for ls in layers]))
-    return [p.contiguous().to(device).requires_grad_() for p in params]
+        params.append(torch.stack([ls[i].weight.detach() for ls in layers]))
+        params.append(torch.stack([ls[i].bias.detach()[:, None] for ls in layers]))
+    return [p.contiguous().to(device) for p in params]
 
 
-def forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Logits (K, N, 3) of all K models on the shared inputs x (N, features)."""
-    h = x.expand(params[0].shape[0], *x.shape)
+def forward(params: list[torch.Tensor], xt: torch.Tensor) -> list[torch.Tensor]:
+    """Activations of all K models on the shared inputs xt (features, N), samples last:
+    [hidden_1, ..., logits], each (K, width, N). Samples last keeps the reductions over the
+    3 classes vectorized over the samples."""
+    activations = []
+    h = xt
     for i in range(0, len(params), 2):
-        h = torch.baddbmm(params[i + 1], h, params[i])
+        h = torch.matmul(params[i], h).add_(params[i + 1])
         if i + 2 < len(params):
-            h = torch.relu(h)
-    return h
+            h = h.relu_()
+        activations.append(h)
+    return activations
 
 
-def losses_and_accuracies(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-model mean cross-entropy and accuracy, each (K,)."""
-    k, n, c = logits.shape
-    loss = F.cross_entropy(logits.reshape(k * n, c), y.repeat(k), reduction="none").view(k, n).mean(dim=1)
-    accuracy = (logits.argmax(dim=2) == y).float().mean(dim=1)
-    return loss, accuracy
+def loss_and_accuracy(logits: torch.Tensor, onehot: torch.Tensor, y: torch.Tensor):
+    """Per-model mean cross-entropy and accuracy, each (K,), and the log-probabilities."""
+    log_probs = torch.log_softmax(logits, dim=1)
+    loss = -(log_probs * onehot).sum(dim=1).mean(dim=1)
+    # argmax over the classes (first of equals), written out: torch.argmax over a middle
+    # dimension of size 3 is dozens of times slower here
+    best, predicted = logits[:, 0], torch.zeros_like(y).expand(logits.shape[0], -1)
+    for c in range(1, logits.shape[1]):
+        better = logits[:, c] > best
+        best = torch.where(better, logits[:, c], best)
+        predicted = torch.where(better, c, predicted)
+    return loss, (predicted == y).float().mean(dim=1), log_probs
+
+
+def gradients(params, xt, activations, log_probs, onehot, active) -> list[torch.Tensor]:
+    """Backpropagation by hand: each model's gradient of its own mean cross-entropy (what
+    autograd gives for the single model), zero for stopped models."""
+    n = xt.shape[1]
+    delta = torch.where(active.view(-1, 1, 1), (log_probs.exp() - onehot) / n, 0.0)
+    grads = [None] * len(params)
+    for i in range(len(params) - 2, -1, -2):
+        below = activations[i // 2 - 1] if i else xt
+        grads[i] = torch.matmul(delta, below.transpose(-1, -2))
+        grads[i + 1] = delta.sum(dim=2, keepdim=True)
+        if i:
+            delta = torch.ops.aten.threshold_backward(torch.matmul(params[i].transpose(1, 2), delta), below, 0)
+    return grads
 
 
 def check_compatible(cfgs: list[TrainConfig]) -> None:
@@ -80,6 +105,7 @@ def check_compatible(cfgs: list[TrainConfig]) -> None:
                 raise ValueError(f"{key}: models trained together must share it ({getattr(first, key)} vs {getattr(cfg, key)})")
 
 
+@torch.no_grad()
 def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device) -> BatchResult:
     """Train len(cfgs) models at once; model k follows `train.train(cfgs[k], ...)`."""
     check_compatible(cfgs)
@@ -96,32 +122,34 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device) -
     diverged = torch.zeros(k, dtype=torch.bool, device=device)
     last_step = torch.zeros(k, dtype=torch.long, device=device)
 
+    xt, xt_val = data.x_train.T.contiguous(), data.x_val.T.contiguous()
+    onehot = F.one_hot(data.y_train, 3).float().T.contiguous()
+    onehot_val = F.one_hot(data.y_val, 3).float().T.contiguous()
+
     for step in range(steps):
         # forward and loss of every model on its current weights: step k's training metrics
-        logits = forward(params, data.x_train)
-        train_loss, train_accuracy = losses_and_accuracies(logits, data.y_train)
-        with torch.no_grad():
-            val_loss, val_accuracy = losses_and_accuracies(forward(params, data.x_val), data.y_val)
-            history[:, step] = torch.stack([train_loss, train_accuracy, val_loss, val_accuracy])
+        activations = forward(params, xt)
+        train_loss, train_accuracy, log_probs = loss_and_accuracy(activations[-1], onehot, data.y_train)
+        val_loss, val_accuracy, _ = loss_and_accuracy(forward(params, xt_val)[-1], onehot_val, data.y_val)
+        history[:, step] = torch.stack([train_loss, train_accuracy, val_loss, val_accuracy])
 
-            # models still running measured this step; a non-finite loss ends a model here
-            last_step = torch.where(active, step, last_step)
-            newly_diverged = active & ~torch.isfinite(train_loss)
-            diverged |= newly_diverged
-            active &= ~newly_diverged & (step < iterations)
+        # models still running measured this step; a non-finite loss ends a model here
+        last_step = torch.where(active, step, last_step)
+        newly_diverged = active & ~torch.isfinite(train_loss)
+        diverged |= newly_diverged
+        active &= ~newly_diverged & (step < iterations)
         if step % 50 == 49 and not bool(active.any()):  # an occasional sync to stop early
             break
         if step == steps - 1:
             break
 
-        # backward: the sum of the losses gives each model its own gradient
-        grads = torch.autograd.grad(torch.where(active, train_loss, 0.0).sum(), params)
+        # backward: each model's own gradient
+        grads = gradients(params, xt, activations, log_probs, onehot, active)
 
         # SGD per model, as torch.optim.SGD does it; stopped models do not move
-        with torch.no_grad():
-            for p, g, buf in zip(params, grads, buffers):
-                buf.mul_(momentum.view(k, 1, 1)).add_(g)
-                p.sub_(torch.where(active.view(k, 1, 1), lr.view(k, 1, 1) * buf, 0.0))
+        for p, g, buf in zip(params, grads, buffers):
+            buf.mul_(momentum.view(k, 1, 1)).add_(g)
+            p.sub_(torch.where(active.view(k, 1, 1), lr.view(k, 1, 1) * buf, 0.0))
 
     measured = torch.arange(steps, device=device)[:, None] <= last_step[None, :]
     history = torch.where(measured, history, float("nan"))

@@ -9,6 +9,7 @@ import torch
 
 from harness import config, data as data_lib
 from harness.config import ConfigError
+from harness.bench_seeds import bench_seeds
 from harness.bench_sweep import bench_calls, bench_sweep, bench_workers, per_call
 from harness.boundary import render_with_new_figure, renderer_for, title_text
 from harness.model import create
@@ -35,7 +36,7 @@ def bench_render(quick: bool) -> dict[str, float]:
     return {"render_ms": ours * 1e3, "render_reference_ms": reference * 1e3}
 
 
-BENCHES = {"render": bench_render, "calls": bench_calls, "sweep": bench_sweep, "workers": bench_workers}
+BENCHES = {"render": bench_render, "seeds": bench_seeds, "calls": bench_calls, "sweep": bench_sweep, "workers": bench_workers}
 
 
 def main(args) -> int:

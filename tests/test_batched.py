@@ -44,8 +44,8 @@ def test_initial_weights_are_the_single_models(cpu):
         model = create(cfg, 2, init_generator(cfg.seed), cpu)
         linears = [m for m in model if isinstance(m, torch.nn.Linear)]
         for i, layer in enumerate(linears):
-            assert torch.equal(params[2 * i][k], layer.weight.T)
-            assert torch.equal(params[2 * i + 1][k, 0], layer.bias)
+            assert torch.equal(params[2 * i][k], layer.weight)
+            assert torch.equal(params[2 * i + 1][k, :, 0], layer.bias)
 
 
 def test_a_diverging_model_stops_and_the_others_go_on(cpu):

@@ -4,16 +4,17 @@ from conftest import run_cli
 
 
 def test_bench_prints_the_render_and_call_figures(cli_env):
-    proc = run_cli("bench", "--quick", "--only", "render", "--only", "calls", env=cli_env)
+    proc = run_cli("bench", "--quick", "--only", "render", "--only", "calls", "--only", "seeds", env=cli_env)
     assert proc.returncode == 0, proc.stderr
     assert "ms/image, figure-per-image reference" in proc.stdout
     assert "calls   log_image of one boundary:" in proc.stdout
+    assert "models x 200 iterations at once" in proc.stdout and "peak memory" in proc.stdout
 
 
 def test_bench_rejects_an_unknown_name(cli_env):
     proc = run_cli("bench", "--only", "speed", env=cli_env)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: --only: 'speed' is not one of render, calls, sweep, workers"
+    assert proc.stderr.strip() == "error: --only: 'speed' is not one of render, seeds, calls, sweep, workers"
 
 
 @pytest.mark.slow
