@@ -68,18 +68,23 @@ def forward(params: list[torch.Tensor], xt: torch.Tensor) -> list[torch.Tensor]:
     return activations
 
 
-def loss_and_accuracy(logits: torch.Tensor, onehot: torch.Tensor, y: torch.Tensor):
-    """Per-model mean cross-entropy and accuracy, each (K,), and the log-probabilities."""
-    log_probs = torch.log_softmax(logits, dim=1)
-    loss = -(log_probs * onehot).sum(dim=1).mean(dim=1)
-    # argmax over the classes (first of equals), written out: torch.argmax over a middle
-    # dimension of size 3 is dozens of times slower here
-    best, predicted = logits[:, 0], torch.zeros_like(y).expand(logits.shape[0], -1)
+def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
+    """argmax over the classes of (K, classes, N) logits, first of equals, as (K, N).
+    Written out: torch.argmax over a middle dimension of size 3 is dozens of times slower here."""
+    best = logits[:, 0]
+    predicted = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
     for c in range(1, logits.shape[1]):
         better = logits[:, c] > best
         best = torch.where(better, logits[:, c], best)
         predicted = torch.where(better, c, predicted)
-    return loss, (predicted == y).float().mean(dim=1), log_probs
+    return predicted
+
+
+def loss_and_accuracy(logits: torch.Tensor, onehot: torch.Tensor, y: torch.Tensor):
+    """Per-model mean cross-entropy and accuracy, each (K,), and the log-probabilities."""
+    log_probs = torch.log_softmax(logits, dim=1)
+    loss = -(log_probs * onehot).sum(dim=1).mean(dim=1)
+    return loss, (predicted_classes(logits) == y).float().mean(dim=1), log_probs
 
 
 def gradients(params, xt, activations, log_probs, onehot, active) -> list[torch.Tensor]:
@@ -105,9 +110,18 @@ def check_compatible(cfgs: list[TrainConfig]) -> None:
                 raise ValueError(f"{key}: models trained together must share it ({getattr(first, key)} vs {getattr(cfg, key)})")
 
 
+def boundary_steps(cfgs: list[TrainConfig]) -> set[int]:
+    """Steps at which some model draws a boundary: multiples of its plot_every, and its last."""
+    return {s for c in cfgs for s in range(0, c.iterations + 1, c.plot_every)} | {c.iterations for c in cfgs}
+
+
 @torch.no_grad()
-def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device) -> BatchResult:
-    """Train len(cfgs) models at once; model k follows `train.train(cfgs[k], ...)`."""
+def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, on_boundary=None) -> BatchResult:
+    """Train len(cfgs) models at once; model k follows `train.train(cfgs[k], ...)`.
+
+    `on_boundary(step, params, models, metrics)` is called where the single-model loop would
+    draw model k's boundary, with the indices of those models and their metrics (4 x len).
+    """
     check_compatible(cfgs)
     k = len(cfgs)
     params = stacked_parameters(cfgs, data.n_features, device)
@@ -122,6 +136,8 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device) -
     diverged = torch.zeros(k, dtype=torch.bool, device=device)
     last_step = torch.zeros(k, dtype=torch.long, device=device)
 
+    plot_every = torch.tensor([c.plot_every for c in cfgs], device=device)
+    drawing_steps = boundary_steps(cfgs) if on_boundary else set()
     xt, xt_val = data.x_train.T.contiguous(), data.x_val.T.contiguous()
     onehot = F.one_hot(data.y_train, 3).float().T.contiguous()
     onehot_val = F.one_hot(data.y_val, 3).float().T.contiguous()
@@ -137,6 +153,11 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device) -
         last_step = torch.where(active, step, last_step)
         newly_diverged = active & ~torch.isfinite(train_loss)
         diverged |= newly_diverged
+        if step in drawing_steps:
+            draw = active & ~newly_diverged & ((step % plot_every == 0) | (step == iterations))
+            models = torch.nonzero(draw).flatten()
+            if len(models):
+                on_boundary(step, params, models, history[:, step, models].cpu().numpy())
         active &= ~newly_diverged & (step < iterations)
         if step % 50 == 49 and not bool(active.any()):  # an occasional sync to stop early
             break

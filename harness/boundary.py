@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from harness.batched import forward, predicted_classes
 from harness.data import Plane
 
 REGION_COLORS = np.array([[251, 180, 174], [179, 205, 227], [204, 235, 197]], dtype=np.uint8)
@@ -123,6 +124,12 @@ class BoundaryRenderer:
         classes = model(self.grid).argmax(dim=1).to(torch.uint8).cpu().numpy()
         model.train(was_training)
         return classes.reshape(self.grid_shape)
+
+    def predict_regions_batched(self, params: list[torch.Tensor], models: torch.Tensor) -> np.ndarray:
+        """Regions of several stacked models (see harness.batched) from one batched forward."""
+        chosen = [p[models] for p in params]
+        classes = predicted_classes(forward(chosen, self.grid.T)[-1]).to(torch.uint8).cpu().numpy()
+        return classes.reshape(len(models), *self.grid_shape)
 
     def render(self, model: nn.Module, step: int, loss: float, accuracy: float) -> Image.Image:
         """A size x size palette image."""

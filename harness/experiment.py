@@ -74,6 +74,29 @@ def outcome_tags(result: TrainResult) -> dict[str, str]:
             "reached_target": str(result.iterations_to_target is not None).lower()}
 
 
+def record_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device, result: TrainResult,
+                       images: list[tuple[int, object]], *, run_name: str, parent_run_id: str | None = None,
+                       tags: dict[str, object] | None = None, on_start=None, end_tags=None) -> str:
+    """Log a run that was trained elsewhere (in a batch) exactly as `run_training` logs one:
+    the same params, every step's metrics, the boundary images, the outcome tags."""
+    with tracker.run(cfg.experiment, run_name, params=run_params(cfg, device), tags=tags,
+                     parent_run_id=parent_run_id) as logger:
+        if on_start:
+            on_start(logger.run_id)
+        for step in range(result.last_step + 1):
+            logger.log_metrics({m: values[step] for m, values in result.history.items()}, step=step)
+        for step, image in images:
+            logger.log_image(image, key="boundary", step=step)
+        finish_run(logger, result, end_tags)
+    return logger.run_id
+
+
+def finish_run(logger: RunLogger, result: TrainResult, end_tags=None) -> None:
+    if result.iterations_to_target is not None:
+        logger.log_metrics({"iterations_to_target": result.iterations_to_target})
+    logger.set_tags({**outcome_tags(result), **(end_tags(result) if end_tags else {})})
+
+
 def run_training(cfg: TrainConfig, tracker: Tracker, workspace: Workspace | None = None, *,
                  run_name: str | None = None, parent_run_id: str | None = None,
                  tags: dict[str, object] | None = None, callbacks: Callbacks | None = None,
@@ -91,7 +114,5 @@ def run_training(cfg: TrainConfig, tracker: Tracker, workspace: Workspace | None
             on_start(logger.run_id)
         result = train(cfg, workspace.data, workspace.device,
                        LoggingCallbacks(logger, workspace.renderer, callbacks))
-        if result.iterations_to_target is not None:
-            logger.log_metrics({"iterations_to_target": result.iterations_to_target})
-        logger.set_tags({**outcome_tags(result), **(end_tags(result) if end_tags else {})})
+        finish_run(logger, result, end_tags)
     return RunOutcome(logger.run_id, result, workspace.device)

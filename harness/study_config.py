@@ -78,6 +78,8 @@ class SweepConfig:
     """none, median, successive_halving or hyperband"""
     workers: int = 1
     """parallel worker processes on this machine"""
+    batch_size: int = 1
+    """trials each worker asks for at once and trains as one batched computation (1: one by one)"""
     heartbeat_interval: int = 5
     """seconds between a running trial's heartbeats"""
     grace_period: int = 20
@@ -161,7 +163,7 @@ def build_settings(table: dict[str, Any], fixed: dict[str, Any]) -> SweepConfig:
     for key in ("trials", "max_retry"):
         if getattr(settings, key) < 0:
             raise ConfigError(f"sweep.{key}: must be >= 0, got {getattr(settings, key)}")
-    for key in ("workers", "heartbeat_interval"):
+    for key in ("workers", "heartbeat_interval", "batch_size"):
         if getattr(settings, key) < 1:
             raise ConfigError(f"sweep.{key}: must be >= 1, got {getattr(settings, key)}")
     if settings.grace_period <= settings.heartbeat_interval:

@@ -84,29 +84,33 @@ def budget_count(trials: list[FrozenTrial]) -> int:
     return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
 
 
-def claim_trial(study: optuna.Study, target: int, lock_url: str) -> optuna.Trial | None:
-    """The next trial to run (a queued retry first), or None once the budget is reached."""
+def claim_trials(study: optuna.Study, target: int, lock_url: str, most: int = 1) -> list[optuna.Trial]:
+    """Up to `most` trials to run (queued retries first); none once the budget is reached."""
+    claimed = []
     with budget_lock(lock_url):
         fail_stale_trials(study)
-        trials = study.get_trials(deepcopy=False)
-        waiting = any(t.state == TrialState.WAITING for t in trials)
-        if not waiting and budget_count(trials) >= target:
-            return None
-        return study.ask()
+        while len(claimed) < most:
+            trials = study.get_trials(deepcopy=False)
+            waiting = any(t.state == TrialState.WAITING for t in trials)
+            if not waiting and budget_count(trials) >= target:
+                break
+            claimed.append(study.ask())
+    return claimed
 
 
 @contextmanager
-def heartbeat(storage: RDBStorage, trial_id: int, interval: int) -> Iterator[None]:
-    """Record the trial's heartbeat every `interval` seconds while the body runs."""
+def heartbeat(storage: RDBStorage, trial_ids: list[int], interval: int) -> Iterator[None]:
+    """Record the trials' heartbeats every `interval` seconds while the body runs."""
     stop = threading.Event()
 
     def beat():
         while True:
-            storage.record_heartbeat(trial_id)
+            for trial_id in trial_ids:
+                storage.record_heartbeat(trial_id)
             if stop.wait(interval):
                 return
 
-    thread = threading.Thread(target=beat, daemon=True, name=f"heartbeat-{trial_id}")
+    thread = threading.Thread(target=beat, daemon=True, name="heartbeat")
     thread.start()
     try:
         yield

@@ -13,7 +13,10 @@ import torch
 from optuna.trial import TrialState
 
 from harness import study_storage
-from harness.experiment import Workspace, run_training
+from harness.batched import train_batch
+from harness.boundary import title_text
+from harness.config import TrainConfig
+from harness.experiment import Workspace, record_trained_run, run_training
 from harness.study_config import PRUNERS, Sweep, SweepConfig
 from harness.study_storage import RUN_ID_ATTR
 from harness.tracking import Tracker
@@ -78,37 +81,104 @@ class Job:
     sampler_seed: int
 
 
+def state_of(result: TrainResult) -> str:
+    return "PRUNED" if result.diverged or result.stopped_early else "COMPLETE"
+
+
+def tell(trial: optuna.Trial, job: Job, result: TrainResult) -> None:
+    if state_of(result) == "PRUNED":
+        trial.set_user_attr("diverged", result.diverged)
+        trial.study.tell(trial, state=TrialState.PRUNED)
+    else:
+        trial.set_user_attr("reached_target", result.iterations_to_target is not None)
+        trial.study.tell(trial, objective_values(job.sweep, result))
+
+
+def fail(trial: optuna.Trial, tracker: Tracker, run_id: str | None) -> None:
+    """The trial raised: its run is already closed (FAILED, or KILLED on Ctrl-C)."""
+    if run_id:
+        tracker.set_tags(run_id, {"optuna.trial_state": "FAILED"})
+    trial.study.tell(trial, state=TrialState.FAIL)
+
+
+def suggest_config(trial: optuna.Trial, job: Job) -> TrainConfig:
+    values = {name: param.suggest(trial) for name, param in job.sweep.settings.space.items()}
+    trial.set_user_attr("sampler_seed", job.sampler_seed)
+    return job.sweep.trial_config(values)
+
+
+def trial_tags(job: Job, trial: optuna.Trial) -> dict[str, object]:
+    return {"optuna.study_name": job.study_name, "optuna.trial_number": trial.number}
+
+
 def run_trial(trial: optuna.Trial, job: Job, tracker: Tracker, workspace: Workspace | None) -> Workspace:
     """Train one trial as a child run of the study's parent run, and tell Optuna how it went."""
-    settings = job.sweep.settings
-    values = {name: param.suggest(trial) for name, param in settings.space.items()}
-    cfg = job.sweep.trial_config(values)
-    trial.set_user_attr("sampler_seed", job.sampler_seed)
+    cfg = suggest_config(trial, job)
     workspace = Workspace.for_config(cfg, reuse=workspace)
-
-    def state_of(result: TrainResult) -> str:
-        return "PRUNED" if result.diverged or result.stopped_early else "COMPLETE"
-
     run_ids = []
     try:
         outcome = run_training(
             cfg, tracker, workspace, run_name=f"trial-{trial.number}", parent_run_id=job.parent_run_id,
-            tags={"optuna.study_name": job.study_name, "optuna.trial_number": trial.number},
-            callbacks=ReportToTrial(trial, intermediate_metric(settings), cfg.plot_every),
+            tags=trial_tags(job, trial),
+            callbacks=ReportToTrial(trial, intermediate_metric(job.sweep.settings), cfg.plot_every),
             on_start=lambda run_id: (run_ids.append(run_id), trial.set_user_attr(RUN_ID_ATTR, run_id)),
             end_tags=lambda result: {"optuna.trial_state": state_of(result)})
     except BaseException:
-        # the run is already closed (FAILED, or KILLED on Ctrl-C); say what Optuna makes of it
-        if run_ids:
-            tracker.set_tags(run_ids[0], {"optuna.trial_state": "FAILED"})
-        trial.study.tell(trial, state=TrialState.FAIL)
+        fail(trial, tracker, run_ids[0] if run_ids else None)
         raise
-    if state_of(outcome.result) == "PRUNED":
-        trial.set_user_attr("diverged", outcome.result.diverged)
-        trial.study.tell(trial, state=TrialState.PRUNED)
-    else:
-        trial.set_user_attr("reached_target", outcome.result.iterations_to_target is not None)
-        trial.study.tell(trial, objective_values(job.sweep, outcome.result))
+    tell(trial, job, outcome.result)
+    return workspace
+
+
+def run_trial_batch(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace: Workspace | None) -> Workspace:
+    """Train several trials as one batched computation, then log and tell each as `run_trial` does.
+
+    The whole batch trains to the end, so the pruner is not consulted (a diverged trial is
+    still pruned); the intermediate values are reported afterwards, step by step.
+    """
+    cfgs = [suggest_config(trial, job) for trial in trials]
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(cfgs):  # trials that cannot share a batch train in separate ones
+        groups.setdefault((str(cfg.hidden), *Workspace.data_key(cfg)), []).append(i)
+    told = set()
+    try:
+        for indices in groups.values():
+            workspace = Workspace.for_config(cfgs[indices[0]], reuse=workspace)
+            images: dict[int, list] = {i: [] for i in indices}
+            renderer = workspace.renderer
+
+            def draw(step, params, models, metrics):  # one batched grid forward for the batch
+                regions = renderer.predict_regions_batched(params, models)
+                for j, m in enumerate(models.tolist()):
+                    title = title_text(step, float(metrics[0, j]), float(metrics[1, j]))
+                    images[indices[m]].append((step, renderer.compose(regions[j], title)))
+
+            batch = train_batch([cfgs[i] for i in indices], workspace.data, workspace.device, draw)
+            for j, i in enumerate(indices):
+                trial, cfg = trials[i], cfgs[i]
+                result = batch.result(j, cfg.target_accuracy)
+                metric = intermediate_metric(job.sweep.settings)
+                if metric:
+                    for step in range(cfg.plot_every, result.last_step + 1, cfg.plot_every):
+                        trial.report(result.history[metric][step], step)
+                run_ids = []
+                try:
+                    record_trained_run(
+                        cfg, tracker, workspace.device, result, images[i], run_name=f"trial-{trial.number}",
+                        parent_run_id=job.parent_run_id, tags=trial_tags(job, trial),
+                        on_start=lambda run_id: (run_ids.append(run_id), trial.set_user_attr(RUN_ID_ATTR, run_id)),
+                        end_tags=lambda result: {"optuna.trial_state": state_of(result)})
+                except BaseException:
+                    told.add(i)
+                    fail(trial, tracker, run_ids[0] if run_ids else None)
+                    raise
+                tell(trial, job, result)
+                told.add(i)
+    except BaseException:
+        for i, trial in enumerate(trials):
+            if i not in told:
+                trial.study.tell(trial, state=TrialState.FAIL)
+        raise
     return workspace
 
 
@@ -128,13 +198,19 @@ def work(job: Job, on_trial_done=None) -> None:
     study = load_study(job, storage)
     tracker = Tracker(job.tracking_uri)
     workspace = None
-    while (trial := study_storage.claim_trial(study, job.target, job.storage_url)) is not None:
-        with study_storage.heartbeat(storage, trial._trial_id, job.sweep.settings.heartbeat_interval):
+    batch_size = job.sweep.settings.batch_size
+    while trials := study_storage.claim_trials(study, job.target, job.storage_url, batch_size):
+        with study_storage.heartbeat(storage, [t._trial_id for t in trials], job.sweep.settings.heartbeat_interval):
             try:
-                workspace = run_trial(trial, job, tracker, workspace)
+                if batch_size == 1:
+                    workspace = run_trial(trials[0], job, tracker, workspace)
+                else:
+                    workspace = run_trial_batch(trials, job, tracker, workspace)
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # the trial is FAILED on both sides; the sweep goes on
-                print(f"trial {trial.number} failed: {type(e).__name__}: {e}", file=sys.stderr)
+                numbers = ", ".join(str(t.number) for t in trials)
+                print(f"trial {numbers} failed: {type(e).__name__}: {e}", file=sys.stderr)
         if on_trial_done:
-            on_trial_done(trial.number)
+            for trial in trials:
+                on_trial_done(trial.number)

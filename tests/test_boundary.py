@@ -60,3 +60,18 @@ def test_all_features_render_on_the_principal_plane(cpu):
 
 def test_title():
     assert title_text(20, 0.123456, 0.5) == "step 20   loss 0.1235   accuracy 0.500"
+
+
+def test_batched_regions_match_each_model_alone(cpu):
+    from harness.batched import stacked_parameters
+    from harness.model import create
+    from harness.runtime import init_generator
+
+    cfgs = [config.build({"seed": s, "hidden": [16, 8]}) for s in range(4)]
+    wine = data_lib.load(cfgs[0], cpu)
+    renderer = renderer_for(wine, 256, cpu)
+    params = stacked_parameters(cfgs, 2, cpu)
+    regions = renderer.predict_regions_batched(params, torch.tensor([3, 1]))
+    for j, k in enumerate([3, 1]):
+        alone = renderer.predict_regions(create(cfgs[k], 2, init_generator(cfgs[k].seed), cpu))
+        assert np.array_equal(regions[j], alone)

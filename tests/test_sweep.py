@@ -250,3 +250,34 @@ def test_searching_other_fields_and_a_fixed_default_key(tmp_path):
     cfg = sweep.trial_config(values)
     assert cfg.lr == 0.3 and cfg.hidden in ([8], [16, 16]) and cfg.init in ("default", "normal")
     assert trial.params["hidden"] in ("[8]", "[16, 16]")
+
+
+def test_a_batched_sweep_logs_what_the_one_by_one_sweep_logs(tmp_path, stores, cpu):
+    from harness import data as data_lib
+    from harness.train import train
+
+    text = TINY.replace("heartbeat_interval = 1", "batch_size = 3\nheartbeat_interval = 1")
+    sweep = study_config.load(write(tmp_path, text))
+    summary = run_sweep(sweep, trials=5, progress=False)  # a batch of 3, then one of 2
+    study = load_study(stores)
+    client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    runs = children(client, summary.parent_run_id)
+    assert sorted(runs) == [0, 1, 2, 3, 4]
+    wine = data_lib.load(sweep.base, cpu)
+    for trial in trials:
+        run = runs[trial.number]
+        assert trial.user_attrs[RUN_ID_ATTR] == run.info.run_id and run.info.status == "FINISHED"
+        assert run.data.tags["optuna.trial_state"] == "COMPLETE"
+        for key, value in trial.params.items():
+            assert run.data.params[key] == str(value)
+        assert image_steps(client, run.info.run_id) == [0, 10, 20, 30]
+        assert sorted(trial.intermediate_values) == [10, 20, 30]
+        # the batch gave this trial the curve it gets trained alone
+        single = train(sweep.trial_config(trial.params), wine, cpu)
+        logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_loss")}
+        assert sorted(logged) == list(range(31))
+        assert [logged[s] for s in range(31)] == pytest.approx(single.history["val_loss"], rel=1e-5)
+        assert trial.value == pytest.approx(single.final["val_loss"], rel=1e-5)
