@@ -1,10 +1,10 @@
 """Command line: parse, load the config, call the library. `python -m harness --help`."""
 
 import argparse
-import signal
 import sys
 
 from harness.config import ConfigError
+from harness.signals import stop_on_first_interrupt
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -40,9 +40,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         summary = run_sweep(sweep, trials=args.trials, study_name=study, workers=args.workers)
     except KeyboardInterrupt:
-        again = f" CONFIG={args.experiment}" if args.experiment else ""
+        again = " ".join(["python -m harness sweep", *([args.experiment] if args.experiment else []),
+                          "--study", study, *(f"--set {o}" for o in args.set)])
         print(f"\ninterrupted: the running trial is FAILED in Optuna and KILLED in MLflow; finished trials are kept.\n"
-              f"continue the study with: make sweep STUDY={study}{again}", file=sys.stderr)
+              f"continue the study with: {again}", file=sys.stderr)
         return 130
     print(format_table(summary))
     return 0
@@ -105,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # Ctrl-C must reach us as KeyboardInterrupt even when started from a shell that ignores it
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_on_first_interrupt()
     args = parser().parse_args(argv)
     try:
         return args.func(args)

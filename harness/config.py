@@ -5,6 +5,7 @@ Every error names the key and what is allowed, in one line, before anything runs
 """
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ WINE_FEATURES = (
     "flavanoids", "nonflavanoid_phenols", "proanthocyanins", "color_intensity", "hue",
     "od280/od315_of_diluted_wines", "proline",
 )  # the names sklearn's load_wine().feature_names gives, checked by a test
+WINE_SAMPLES = 178
+MIN_SPLIT_SIDE = 3  # a stratified split needs one sample of each of the 3 classes on each side
 INITS = ("default", "xavier_uniform", "kaiming_normal", "normal")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -90,8 +93,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{key}: {getattr(cfg, key)!r} is not one of {', '.join(allowed)}")
 
     def positive(key: str) -> None:
-        if not getattr(cfg, key) > 0:
-            raise ConfigError(f"{key}: must be > 0, got {getattr(cfg, key)!r}")
+        if not (getattr(cfg, key) > 0 and math.isfinite(getattr(cfg, key))):
+            raise ConfigError(f"{key}: must be a finite number > 0, got {getattr(cfg, key)!r}")
 
     if cfg.features != "all":
         unknown = [f for f in cfg.features if f not in WINE_FEATURES]
@@ -111,12 +114,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"hidden: must be a non-empty list of widths >= 1, got {cfg.hidden}")
     if not 0 <= cfg.momentum < 1:
         raise ConfigError(f"momentum: must be in [0, 1), got {cfg.momentum}")
-    if not 0 < cfg.val_fraction < 1:
-        raise ConfigError(f"val_fraction: must be in (0, 1), got {cfg.val_fraction}")
+    n_val = math.ceil(cfg.val_fraction * WINE_SAMPLES) if 0 < cfg.val_fraction < 1 else 0
+    if not MIN_SPLIT_SIDE <= n_val <= WINE_SAMPLES - MIN_SPLIT_SIDE:
+        raise ConfigError(f"val_fraction: must leave at least {MIN_SPLIT_SIDE} of the {WINE_SAMPLES} samples on each side "
+                          f"of the split (about 0.02 to 0.98), got {cfg.val_fraction}")
     if not 0 < cfg.target_accuracy <= 1:
         raise ConfigError(f"target_accuracy: must be in (0, 1], got {cfg.target_accuracy}")
-    if cfg.image_size < 256:
-        raise ConfigError(f"image_size: must be >= 256, got {cfg.image_size}")
+    if not 256 <= cfg.image_size <= 2048:
+        raise ConfigError(f"image_size: must be in [256, 2048], got {cfg.image_size}")
     if not cfg.experiment:
         raise ConfigError("experiment: must be a non-empty name")
     return cfg

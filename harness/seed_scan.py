@@ -41,6 +41,8 @@ class SeedScan:
 def load(path: str | Path | None, overrides: list[str] = (), count: int | None = None) -> SeedScan:
     values = config.read_toml(path) if path else {}
     table = values.pop("seeds", {})
+    if not isinstance(table, dict):
+        raise ConfigError("seeds: expected a table [seeds] with count and first")
     values.pop("sweep", None)  # a sweep file can be scanned too; its search space is ignored
     values.update(config.parse_override(o) for o in overrides)
     base = config.build(values)

@@ -49,45 +49,43 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
     settings = sweep.settings
     trials = settings.trials if trials is None else trials
     study_name = study_name or settings.study
-    workers = workers or settings.workers
-    if trials < 0 or workers < 1:
-        raise ConfigError(f"trials must be >= 0 and workers >= 1, got trials={trials} workers={workers}")
+    workers = settings.workers if workers is None else workers
+    if trials < 0:
+        raise ConfigError(f"trials: must be >= 0, got {trials}")
+    if workers < 1:
+        raise ConfigError(f"workers: must be >= 1, got {workers}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pool = WorkerPool(workers) if workers > 1 else None
+    pool = WorkerPool(workers) if workers > 1 else None  # forked before any database is open
+    parent, status = None, "FAILED"
     try:
         resolve_device(sweep.base.device)  # an unavailable device fails here, before any trial
         tracker = Tracker(tracking_uri())
         storage_url = study_storage.storage_url()
         study, parent = open_study(sweep, study_name, storage_url, tracker)
-    except BaseException:
-        if pool:
-            pool.cancel()
-        raise
-
-    with study_storage.budget_lock(storage_url):
-        optuna.storages.fail_stale_trials(study)
-        existing = study.get_trials(deepcopy=False)
-        target = study_storage.budget_count(existing) + trials
-    # a fresh sampler seed per worker and per continuation, all derived from sampler_seed
-    jobs = [Job(sweep, study_name, storage_url, tracker.uri, parent.run_id, target,
-                sampler_seed=settings.sampler_seed + 7919 * len(existing) + i)
-            for i in range(workers)]
-    bar = tqdm(total=trials, desc=f"study {study_name}", unit="trial", disable=not progress)
-    status = "FAILED"
-    try:
-        if pool:
-            pool.run(jobs, study, bar)
-        else:
-            work(jobs[0], on_trial_done=lambda number: bar.update(1))
+        with study_storage.budget_lock(storage_url):
+            optuna.storages.fail_stale_trials(study)
+            existing = study.get_trials(deepcopy=False)
+            target = study_storage.budget_count(existing) + trials
+        # a fresh sampler seed per worker and per continuation, all derived from sampler_seed
+        jobs = [Job(sweep, study_name, storage_url, tracker.uri, parent.run_id, target,
+                    sampler_seed=(settings.sampler_seed + 7919 * len(existing) + i) % 2**32)
+                for i in range(workers)]
+        with tqdm(total=trials, desc=f"study {study_name}", unit="trial", disable=not progress) as bar:
+            if pool:
+                pool.run(jobs, study, bar)
+            else:
+                work(jobs[0], on_trial_done=lambda number: bar.update(1))
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        bar.close()
-        try:
-            summary = summarize(study, settings.objectives, parent, tracker.experiment_url(sweep.base.experiment),
-                                with_figures=status == "FINISHED")
-        finally:
-            tracker.close_run(parent, status)
+        if pool:
+            pool.cancel()  # releases workers still waiting for a job
+        if parent is not None:
+            try:
+                summary = summarize(study, settings.objectives, parent, tracker.experiment_url(sweep.base.experiment),
+                                    tracker.ui_command(), with_figures=status == "FINISHED")
+            finally:
+                tracker.close_run(parent, status)
     return summary

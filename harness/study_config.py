@@ -166,8 +166,11 @@ def build_settings(table: dict[str, Any], fixed: dict[str, Any]) -> SweepConfig:
     for key in ("workers", "heartbeat_interval", "batch_size"):
         if getattr(settings, key) < 1:
             raise ConfigError(f"sweep.{key}: must be >= 1, got {getattr(settings, key)}")
-    if settings.grace_period <= settings.heartbeat_interval:
-        raise ConfigError(f"sweep.grace_period: must be > heartbeat_interval ({settings.heartbeat_interval}), got {settings.grace_period}")
+    if settings.grace_period < 2 * settings.heartbeat_interval:
+        raise ConfigError(f"sweep.grace_period: must be >= 2 x heartbeat_interval "
+                          f"({2 * settings.heartbeat_interval}), got {settings.grace_period}")
+    if not 0 <= settings.sampler_seed < 2**32:
+        raise ConfigError(f"sweep.sampler_seed: must be in [0, 2**32), got {settings.sampler_seed}")
     if not settings.study:
         raise ConfigError("sweep.study: must be a non-empty name")
 

@@ -9,6 +9,7 @@ same parameters is queued; the retry takes the dead trial's place in the budget.
 import fcntl
 import hashlib
 import os
+import sys
 import threading
 import warnings
 from contextlib import contextmanager
@@ -45,9 +46,12 @@ class CloseDeadTrial:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
-        if run_id:
-            Tracker(self.tracking_uri).end_run(run_id, "FAILED", {"optuna.trial_state": "FAILED",
-                                                                "failure": "worker stopped sending heartbeats"})
+        try:
+            if run_id:
+                Tracker(self.tracking_uri).end_run(run_id, "FAILED", {"optuna.trial_state": "FAILED",
+                                                                    "failure": "worker stopped sending heartbeats"})
+        except Exception as e:  # the run may be gone (deleted in the UI); the retry must still be queued
+            print(f"trial {trial.number}: could not close its MLflow run {run_id}: {e}", file=sys.stderr)
         self.retry(study, trial)
 
 
@@ -84,7 +88,8 @@ def budget_count(trials: list[FrozenTrial]) -> int:
     return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
 
 
-def claim_trials(study: optuna.Study, target: int, lock_url: str, most: int = 1) -> list[optuna.Trial]:
+def claim_trials(study: optuna.Study, storage: RDBStorage, target: int, lock_url: str,
+                 most: int = 1) -> list[optuna.Trial]:
     """Up to `most` trials to run (queued retries first); none once the budget is reached."""
     claimed = []
     with budget_lock(lock_url):
@@ -94,7 +99,11 @@ def claim_trials(study: optuna.Study, target: int, lock_url: str, most: int = 1)
             waiting = any(t.state == TrialState.WAITING for t in trials)
             if not waiting and budget_count(trials) >= target:
                 break
-            claimed.append(study.ask())
+            trial = study.ask()
+            # a first heartbeat before the lock is released: Optuna only fails (and retries)
+            # a dead trial that has one
+            storage.record_heartbeat(trial._trial_id)
+            claimed.append(trial)
     return claimed
 
 
@@ -104,11 +113,12 @@ def heartbeat(storage: RDBStorage, trial_ids: list[int], interval: int) -> Itera
     stop = threading.Event()
 
     def beat():
-        while True:
-            for trial_id in trial_ids:
-                storage.record_heartbeat(trial_id)
-            if stop.wait(interval):
-                return
+        while not stop.wait(interval):
+            try:
+                for trial_id in trial_ids:
+                    storage.record_heartbeat(trial_id)
+            except Exception as e:  # a busy or briefly unreachable database: try again next beat
+                print(f"heartbeat not recorded: {e}", file=sys.stderr)
 
     thread = threading.Thread(target=beat, daemon=True, name="heartbeat")
     thread.start()

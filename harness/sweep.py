@@ -86,19 +86,21 @@ def state_of(result: TrainResult) -> str:
 
 
 def tell(trial: optuna.Trial, job: Job, result: TrainResult) -> None:
+    # skip_if_finished: a trial whose heartbeats stalled may have been failed (and retried)
+    # by another worker meanwhile; its retry stands, this result is dropped
     if state_of(result) == "PRUNED":
         trial.set_user_attr("diverged", result.diverged)
-        trial.study.tell(trial, state=TrialState.PRUNED)
+        trial.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
     else:
         trial.set_user_attr("reached_target", result.iterations_to_target is not None)
-        trial.study.tell(trial, objective_values(job.sweep, result))
+        trial.study.tell(trial, objective_values(job.sweep, result), skip_if_finished=True)
 
 
 def fail(trial: optuna.Trial, tracker: Tracker, run_id: str | None) -> None:
     """The trial raised: its run is already closed (FAILED, or KILLED on Ctrl-C)."""
     if run_id:
         tracker.set_tags(run_id, {"optuna.trial_state": "FAILED"})
-    trial.study.tell(trial, state=TrialState.FAIL)
+    trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
 def suggest_config(trial: optuna.Trial, job: Job) -> TrainConfig:
@@ -113,10 +115,10 @@ def trial_tags(job: Job, trial: optuna.Trial) -> dict[str, object]:
 
 def run_trial(trial: optuna.Trial, job: Job, tracker: Tracker, workspace: Workspace | None) -> Workspace:
     """Train one trial as a child run of the study's parent run, and tell Optuna how it went."""
-    cfg = suggest_config(trial, job)
-    workspace = Workspace.for_config(cfg, reuse=workspace)
     run_ids = []
     try:
+        cfg = suggest_config(trial, job)
+        workspace = Workspace.for_config(cfg, reuse=workspace)
         outcome = run_training(
             cfg, tracker, workspace, run_name=f"trial-{trial.number}", parent_run_id=job.parent_run_id,
             tags=trial_tags(job, trial),
@@ -136,12 +138,12 @@ def run_trial_batch(trials: list[optuna.Trial], job: Job, tracker: Tracker, work
     The whole batch trains to the end, so the pruner is not consulted (a diverged trial is
     still pruned); the intermediate values are reported afterwards, step by step.
     """
-    cfgs = [suggest_config(trial, job) for trial in trials]
-    groups: dict[tuple, list[int]] = {}
-    for i, cfg in enumerate(cfgs):  # trials that cannot share a batch train in separate ones
-        groups.setdefault((str(cfg.hidden), *Workspace.data_key(cfg)), []).append(i)
     told = set()
     try:
+        cfgs = [suggest_config(trial, job) for trial in trials]
+        groups: dict[tuple, list[int]] = {}
+        for i, cfg in enumerate(cfgs):  # trials that cannot share a batch train in separate ones
+            groups.setdefault((str(cfg.hidden), *Workspace.data_key(cfg)), []).append(i)
         for indices in groups.values():
             workspace = Workspace.for_config(cfgs[indices[0]], reuse=workspace)
             images: dict[int, list] = {i: [] for i in indices}
@@ -177,7 +179,7 @@ def run_trial_batch(trials: list[optuna.Trial], job: Job, tracker: Tracker, work
     except BaseException:
         for i, trial in enumerate(trials):
             if i not in told:
-                trial.study.tell(trial, state=TrialState.FAIL)
+                trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         raise
     return workspace
 
@@ -199,7 +201,7 @@ def work(job: Job, on_trial_done=None) -> None:
     tracker = Tracker(job.tracking_uri)
     workspace = None
     batch_size = job.sweep.settings.batch_size
-    while trials := study_storage.claim_trials(study, job.target, job.storage_url, batch_size):
+    while trials := study_storage.claim_trials(study, storage, job.target, job.storage_url, batch_size):
         with study_storage.heartbeat(storage, [t._trial_id for t in trials], job.sweep.settings.heartbeat_interval):
             try:
                 if batch_size == 1:

@@ -27,6 +27,7 @@ class SweepSummary:
     """the best trials: top 5 by value, or the Pareto front when there are several objectives"""
     experiment_url: str
     parent_run_id: str
+    ui_command: str = "make ui"
 
 
 def best_trials(study: optuna.Study, limit: int = 5) -> list[FrozenTrial]:
@@ -64,7 +65,7 @@ def log_figures(study: optuna.Study, parent: RunLogger) -> list[str]:
 
 
 def summarize(study: optuna.Study, objectives: list[str], parent: RunLogger, experiment_url: str,
-              with_figures: bool = True) -> SweepSummary:
+              ui_command: str, with_figures: bool = True) -> SweepSummary:
     """Write the best trial and the figures to the parent run; return what the table shows."""
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(1 for t in trials if t.state.name == s) for s in STATES}
@@ -83,7 +84,7 @@ def summarize(study: optuna.Study, objectives: list[str], parent: RunLogger, exp
             tags["figures_skipped"] = ",".join(skipped)
     parent.set_tags(tags)
     return SweepSummary(study.study_name, objectives, [d.name.lower() for d in study.directions], counts,
-                        best, experiment_url, parent.run_id)
+                        best, experiment_url, parent.run_id, ui_command)
 
 
 def format_table(summary: SweepSummary) -> str:
@@ -103,5 +104,5 @@ def format_table(summary: SweepSummary) -> str:
     out = [f"study '{summary.study_name}': {directions}", f"trials: {counts}", "", f"{title}:"]
     out += [line(header), *(line(r) for r in rows)] if rows else ["  (no complete trial yet)"]
     out += ["", f"MLflow parent run {summary.parent_run_id}",
-            f"open the UI: make ui, then {summary.experiment_url}"]
+            f"open the UI: {summary.ui_command}, then {summary.experiment_url}"]
     return "\n".join(out)

@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
+from harness.config import ConfigError
 from harness.sqlite import tune_sqlite_connections
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -133,6 +134,8 @@ class Tracker:
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise ConfigError(f"experiment: '{name}' is deleted in MLflow; restore it in the UI or choose another name")
         if experiment is not None:
             return experiment.experiment_id
         # a local store keeps its artifacts beside the database, under mlruns/
@@ -158,17 +161,21 @@ class Tracker:
     def resume_run(self, run_id: str) -> RunLogger | None:
         """Mark an existing run RUNNING again; None if the store does not have it."""
         try:
-            self.client.get_run(run_id)
+            if self.client.get_run(run_id).info.lifecycle_stage == "deleted":
+                return None
         except MlflowException:
             return None
         self.client.update_run(run_id, status="RUNNING")
         return RunLogger(self.client, run_id, self.writer)
 
     def close_run(self, logger: RunLogger, status: str) -> None:
+        """End the run once its writes are in the store; FAILED if one of them failed."""
         try:
             logger.wait()
-        finally:
-            self.client.set_terminated(logger.run_id, status)
+        except BaseException:
+            self.client.set_terminated(logger.run_id, "KILLED" if status == "KILLED" else "FAILED")
+            raise
+        self.client.set_terminated(logger.run_id, status)
 
     @contextmanager
     def run(self, experiment: str, run_name: str, params: dict[str, object] | None = None,

@@ -8,6 +8,7 @@ import time
 
 import optuna
 
+from harness.signals import stop_on_first_interrupt
 from harness.sweep import Job, work
 
 
@@ -17,7 +18,7 @@ def finished_count(study: optuna.Study) -> int:
 
 def worker_main(jobs) -> None:
     """Entry point of a worker process: wait for the job, then work until the budget is spent."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_on_first_interrupt()
     try:
         job = jobs.recv()
         if job is not None:
@@ -58,15 +59,16 @@ class WorkerPool:
             raise
         progress.n = finished_count(study) - start
         progress.refresh()
-        dead = [p.name for p in self.processes if p.exitcode != 0]
+        dead = [f"{p.name} (exit code {p.exitcode})" for p in self.processes if p.exitcode != 0]
         if dead:
-            print(f"workers that did not end cleanly: {', '.join(dead)}; a trial they left running is "
-                  f"retried by the next sweep", file=sys.stderr)
+            raise RuntimeError(f"sweep workers failed: {', '.join(dead)}; a trial they left running "
+                               f"is retried by the next sweep")
 
     def interrupt(self) -> None:
-        """Ctrl-C: from a terminal the workers got it too; give them a moment, then pass it on."""
+        """Ctrl-C: from a terminal the workers got it too; give them time to close their runs,
+        then pass it on to any that did not get it."""
         for p in self.processes:
-            p.join(2)
+            p.join(10)
         for p in self.processes:
             if p.is_alive():
                 os.kill(p.pid, signal.SIGINT)
@@ -74,7 +76,11 @@ class WorkerPool:
             p.join(60)
 
     def cancel(self) -> None:
-        for link in self.links:
-            link.send(None)
+        for link, p in zip(self.links, self.processes):
+            if p.is_alive():
+                try:
+                    link.send(None)
+                except OSError:  # it has just exited
+                    pass
         for p in self.processes:
             p.join(60)

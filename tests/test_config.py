@@ -28,15 +28,20 @@ def test_int_is_accepted_where_a_float_is_expected():
     ({"iterations": 1.5}, "iterations", "expected an integer"),
     ({"iterations": True}, "iterations", "expected an integer"),
     ({"hidden": 32}, "hidden", "list of integers"),
-    ({"lr": 0}, "lr", "must be > 0"),
-    ({"lr": -1.0}, "lr", "must be > 0"),
+    ({"lr": 0}, "lr", "must be a finite number > 0"),
+    ({"lr": -1.0}, "lr", "must be a finite number > 0"),
+    ({"lr": float("inf")}, "lr", "must be a finite number > 0"),
+    ({"init_std": float("nan")}, "init_std", "must be a finite number > 0"),
+    ({"val_fraction": 0.99}, "val_fraction", "at least 3 of the 178 samples on each side"),
+    ({"val_fraction": 0.005}, "val_fraction", "at least 3 of the 178 samples on each side"),
+    ({"image_size": 100000}, "image_size", "[256, 2048]"),
     ({"iterations": 0}, "iterations", "must be >= 1"),
     ({"features": ["alcohol", "sweetness"]}, "features", "allowed: \"all\" or names from alcohol"),
     ({"features": "some"}, "features", "\"all\" or a list"),
     ({"init": "zeros"}, "init", "one of default, xavier_uniform, kaiming_normal, normal"),
     ({"device": "tpu"}, "device", "one of auto, cpu, cuda, mps"),
     ({"momentum": 1.0}, "momentum", "[0, 1)"),
-    ({"image_size": 64}, "image_size", ">= 256"),
+    ({"image_size": 64}, "image_size", "[256, 2048]"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(values, key, allowed):
     with pytest.raises(ConfigError) as err:

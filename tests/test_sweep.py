@@ -154,7 +154,8 @@ def test_two_worker_processes_add_exactly_the_requested_trials(tmp_path, stores)
     runs = children(client, study.user_attrs[PARENT_RUN_ATTR])
     assert sorted(runs) == [0, 1, 2, 3, 4]
     assert {r.info.run_id for r in runs.values()} == {t.user_attrs[RUN_ID_ATTR] for t in trials}
-    assert "best trials:" in proc.stdout and "open the UI: make ui, then http://127.0.0.1:5000/#/experiments/" in proc.stdout
+    assert "best trials:" in proc.stdout
+    assert f"open the UI: mlflow ui --backend-store-uri {stores['MLFLOW_TRACKING_URI']}, then http://127.0.0.1:5000/#/experiments/" in proc.stdout
 
 
 LONG = TINY.replace("iterations = 30", "iterations = 100000\nplot_every = 1000")
@@ -184,7 +185,7 @@ def test_ctrl_c_kills_the_run_fails_the_trial_and_the_study_continues(tmp_path, 
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "make sweep STUDY=tiny" in err
+    assert "continue the study with: python -m harness sweep " in err and "--study tiny" in err
 
     study = load_study(stores)
     assert study.get_trials()[trial.number].state == TrialState.FAIL
@@ -231,6 +232,9 @@ def test_a_killed_worker_is_detected_failed_and_retried(tmp_path, stores):
     ("[sweep.space]\nwidth = { low = 1, high = 2 }\n", "sweep.space.width: unknown config key"),
     ("[sweep.space]\ninit = { choices = [\"default\", \"zeros\"] }\n", "sweep.space.init: 'zeros' is not a valid value"),
     ("lr = 0.1\n[sweep.space]\nlr = { low = 0.01, high = 1.0 }\n", "sweep.space.lr: is also fixed"),
+    ("[sweep]\nsampler_seed = -1\n", "sweep.sampler_seed: must be in [0, 2**32)"),
+    ("[sweep]\nheartbeat_interval = 5\ngrace_period = 6\n", "sweep.grace_period: must be >= 2 x heartbeat_interval"),
+    ("[sweep.space]\nval_fraction = { choices = [0.99] }\n", "sweep.space.val_fraction: 0.99 is not a valid value"),
 ])
 def test_sweep_config_errors_are_one_line_before_any_trial(tmp_path, stores, text, message):
     proc = run_cli("sweep", str(write(tmp_path, text)), env=stores)
@@ -281,3 +285,13 @@ def test_a_batched_sweep_logs_what_the_one_by_one_sweep_logs(tmp_path, stores, c
         assert sorted(logged) == list(range(31))
         assert [logged[s] for s in range(31)] == pytest.approx(single.history["val_loss"], rel=1e-5)
         assert trial.value == pytest.approx(single.final["val_loss"], rel=1e-5)
+
+
+def test_a_trial_that_fails_before_training_is_failed_not_left_running(tmp_path, stores):
+    run_sweep(study_config.load(write(tmp_path, TINY)), trials=1, progress=False)
+    # lr becomes a categorical: Optuna refuses to change a parameter's distribution in a study
+    changed = TINY.replace("lr = { low = 0.05, high = 1.0, log = true }", "lr = { choices = [0.1, 0.2] }")
+    summary = run_sweep(study_config.load(write(tmp_path, changed, "changed.toml")), trials=2, progress=False)
+    states = [t.state for t in load_study(stores).get_trials()]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert summary.counts["RUNNING"] == 0

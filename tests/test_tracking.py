@@ -86,3 +86,16 @@ def test_cli_train_prints_the_run_and_the_ui_command(cli_env):
     run = MlflowClient(cli_env["MLFLOW_TRACKING_URI"]).get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params["experiment"] == "lecture"
     assert "train_loss" in proc.stdout and "open the UI: mlflow ui --backend-store-uri" in proc.stdout
+
+
+def test_a_failed_write_fails_the_run_instead_of_finishing_it(tracker):
+    logger = tracker.open_run("tests", "write-fails")
+
+    def refuse(*args, **kwargs):
+        raise OSError("disk full")
+
+    logger.client = type("Broken", (), {"log_batch": staticmethod(refuse)})()
+    logger.log_metrics({"train_loss": 1.0}, step=0)
+    with pytest.raises(OSError, match="disk full"):
+        tracker.close_run(logger, "FINISHED")
+    assert MlflowClient(tracker.uri).get_run(logger.run_id).info.status == "FAILED"
