@@ -1,6 +1,7 @@
 """Command line: parse, load the config, call the library. `python -m harness --help`."""
 
 import argparse
+import os
 import sys
 
 from harness.config import ConfigError
@@ -40,8 +41,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         summary = run_sweep(sweep, trials=args.trials, study_name=study, workers=args.workers)
     except KeyboardInterrupt:
-        again = " ".join(["python -m harness sweep", *([args.experiment] if args.experiment else []),
-                          "--study", study, *(f"--set {o}" for o in args.set)])
+        if not args.set:
+            again = f"make sweep STUDY={study}" + (f" CONFIG={args.experiment}" if args.experiment else " CONFIG=")
+        else:
+            python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
+            again = " ".join([python, "-m harness sweep", *([args.experiment] if args.experiment else []),
+                              "--study", study, *(f"--set {o}" for o in args.set)])
         print(f"\ninterrupted: the running trial is FAILED in Optuna and KILLED in MLflow; finished trials are kept.\n"
               f"continue the study with: {again}", file=sys.stderr)
         return 130

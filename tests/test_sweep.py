@@ -185,7 +185,7 @@ def test_ctrl_c_kills_the_run_fails_the_trial_and_the_study_continues(tmp_path, 
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "continue the study with: python -m harness sweep " in err and "--study tiny" in err
+    assert "continue the study with: make sweep STUDY=tiny CONFIG=" in err
 
     study = load_study(stores)
     assert study.get_trials()[trial.number].state == TrialState.FAIL
