@@ -28,8 +28,8 @@ device = "cpu"
 study = "bench"
 sampler = "random"
 [sweep.space]
-lr = {{ low = 0.01, high = 1.0, log = true }}
-seed = {{ low = 0, high = 9999 }}
+lr = { low = 0.01, high = 1.0, log = true }
+seed = { low = 0, high = 9999 }
 """
 
 
@@ -51,7 +51,7 @@ def fresh_stores():
 
 def load_sweep(tmp: str, batch_size: int = 1) -> study_config.Sweep:
     path = Path(tmp) / "bench.toml"
-    path.write_text(SWEEP.format().replace("[sweep]\n", f"[sweep]\nbatch_size = {batch_size}\n"))
+    path.write_text(SWEEP.replace("[sweep]\n", f"[sweep]\nbatch_size = {batch_size}\n"))
     return study_config.load(path)
 
 

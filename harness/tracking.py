@@ -194,7 +194,7 @@ class Tracker:
             self.close_run(logger, status)
 
     def set_tags(self, run_id: str, tags: dict[str, object]) -> None:
-        RunLogger(self.client, run_id).set_tags(tags)
+        RunLogger(self.client, run_id, self.writer).set_tags(tags)
 
     def end_run(self, run_id: str, status: str, tags: dict[str, object] | None = None) -> None:
         """Close a run some other process left open (a worker that died), with tags."""
