@@ -109,8 +109,16 @@ def suggest_config(trial: optuna.Trial, job: Job) -> TrainConfig:
     return job.sweep.trial_config(values)
 
 
-def trial_tags(job: Job, trial: optuna.Trial) -> dict[str, object]:
-    return {"optuna.study_name": job.study_name, "optuna.trial_number": trial.number}
+def trial_run(job: Job, trial: optuna.Trial, run_ids: list[str]) -> dict[str, object]:
+    """How a trial's MLflow run is named, nested, tagged and linked back to the trial, for both
+    `run_training` and `record_trained_run`; the run's id is appended to `run_ids`."""
+    def on_start(run_id: str) -> None:
+        run_ids.append(run_id)
+        trial.set_user_attr(RUN_ID_ATTR, run_id)
+
+    return {"run_name": f"trial-{trial.number}", "parent_run_id": job.parent_run_id,
+            "tags": {"optuna.study_name": job.study_name, "optuna.trial_number": trial.number},
+            "on_start": on_start, "end_tags": lambda result: {"optuna.trial_state": state_of(result)}}
 
 
 def run_trial(trial: optuna.Trial, job: Job, tracker: Tracker, workspace: Workspace | None) -> Workspace:
@@ -120,11 +128,9 @@ def run_trial(trial: optuna.Trial, job: Job, tracker: Tracker, workspace: Worksp
         cfg = suggest_config(trial, job)
         workspace = Workspace.for_config(cfg, reuse=workspace)
         outcome = run_training(
-            cfg, tracker, workspace, run_name=f"trial-{trial.number}", parent_run_id=job.parent_run_id,
-            tags=trial_tags(job, trial),
+            cfg, tracker, workspace,
             callbacks=ReportToTrial(trial, intermediate_metric(job.sweep.settings), cfg.plot_every),
-            on_start=lambda run_id: (run_ids.append(run_id), trial.set_user_attr(RUN_ID_ATTR, run_id)),
-            end_tags=lambda result: {"optuna.trial_state": state_of(result)})
+            **trial_run(job, trial, run_ids))
     except BaseException:
         fail(trial, tracker, run_ids[0] if run_ids else None)
         raise
@@ -165,11 +171,8 @@ def run_trial_batch(trials: list[optuna.Trial], job: Job, tracker: Tracker, work
                         trial.report(result.history[metric][step], step)
                 run_ids = []
                 try:
-                    record_trained_run(
-                        cfg, tracker, workspace.device, result, images[i], run_name=f"trial-{trial.number}",
-                        parent_run_id=job.parent_run_id, tags=trial_tags(job, trial),
-                        on_start=lambda run_id: (run_ids.append(run_id), trial.set_user_attr(RUN_ID_ATTR, run_id)),
-                        end_tags=lambda result: {"optuna.trial_state": state_of(result)})
+                    record_trained_run(cfg, tracker, workspace.device, result, images[i],
+                                       **trial_run(job, trial, run_ids))
                 except BaseException:
                     told.add(i)
                     fail(trial, tracker, run_ids[0] if run_ids else None)
