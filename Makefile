@@ -14,9 +14,11 @@ CONFIG ?= experiments/sweep.toml
 SEEDS_CONFIG ?= experiments/seeds.toml
 # sweep options, passed on only when set: make sweep TRIALS=5 STUDY=name WORKERS=2
 SWEEP_ARGS := $(if $(TRIALS),--trials $(TRIALS)) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
+# compare options: make compare STUDY=name STEP=60 RUN=<seed scan run id>
+COMPARE_ARGS := $(if $(STUDY),--study $(STUDY)) $(if $(RUN),--run $(RUN)) $(if $(STEP),--step $(STEP))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep seeds ui test test-slow bench clean
+.PHONY: help install train sweep seeds compare ui test test-slow bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +40,9 @@ sweep: $(STAMP) ## run or continue the Optuna study (CONFIG=file.toml TRIALS=N S
 
 seeds: $(STAMP) ## train many seeds at once as one run (SEEDS_CONFIG=file.toml COUNT=N)
 	$(PY) -m harness seeds $(SEEDS_CONFIG) $(if $(COUNT),--count $(COUNT))
+
+compare: $(STAMP) ## report how the seed changes convergence (STUDY=name; CONFIG=experiments/seeds.toml: the latest scan; STEP=N)
+	$(PY) -m harness compare $(CONFIG) $(COMPARE_ARGS)
 
 ui: $(STAMP) ## open the MLflow UI over mlruns/ on http://127.0.0.1 (PORT=5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(PORT)

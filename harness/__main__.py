@@ -3,6 +3,7 @@
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from harness.config import ConfigError
 from harness.signals import stop_on_first_interrupt
@@ -74,6 +75,41 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness import config, study_config
+    from harness.compare_config import CompareOptions
+
+    options = CompareOptions(step=args.step, bands_per_decade=args.bands_per_decade,
+                             min_trials=args.min_trials).check()
+    values = config.read_toml(args.experiment) if args.experiment else {}
+    scan = args.run is not None or ("seeds" in values and "sweep" not in values)
+    if scan:
+        from harness.seed_scan import load as seed_scan_file
+        experiment = seed_scan_file(args.experiment).base.experiment
+    else:
+        study = args.study or study_config.load(args.experiment).settings.study
+    from harness import compare, report
+    from harness.study_storage import storage_url
+    from harness.tracking import Tracker
+
+    tracker = Tracker()
+    if scan:
+        comparison = compare.scan_comparison(args.run, experiment, tracker, options)
+    else:
+        comparison = compare.study_comparison(study, storage_url(), tracker, options)
+    folder = Path(args.out) if args.out else Path("mlruns") / "reports" / comparison.name
+    path, notes = report.write_report(comparison, tracker, folder)
+    print(report.terminal_table(comparison))
+    for note in notes:
+        print(note)
+    if comparison.kind == "study":
+        made, existing = report.trial_gifs(comparison, tracker)
+        print(f"boundary.gif: logged to {made} trial runs ({existing} had one already)")
+    print(f"report: {path} (logged to run {comparison.run_id} under report/)")
+    print(f"open the UI: {tracker.ui_command()}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness import bench
     return bench.main(args)
@@ -101,6 +137,16 @@ def parser() -> argparse.ArgumentParser:
     seeds.add_argument("--count", type=int, help="how many seeds (default: the file's seeds.count, else 1000)")
     seeds.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     seeds.set_defaults(func=cmd_seeds)
+
+    compare = sub.add_parser("compare", help="report how the seed changes convergence, for a study or a seed scan")
+    compare.add_argument("experiment", nargs="?", help="a sweep file (its study) or a seeds file (its latest scan)")
+    compare.add_argument("--study", help="study name (default: the file's sweep.study)")
+    compare.add_argument("--run", help="a seed scan's MLflow run id (default: the latest scan of the file's experiment)")
+    compare.add_argument("--step", type=int, help="step of the boundary grid (default: the last step all tiles have)")
+    compare.add_argument("--bands-per-decade", type=int, default=1, help="learning-rate bands per factor of 10 (default 1)")
+    compare.add_argument("--min-trials", type=int, default=5, help="fewest values for a band's spread (default 5)")
+    compare.add_argument("--out", help="folder for the report (default: mlruns/reports/<study or run name>)")
+    compare.set_defaults(func=cmd_compare)
 
     bench = sub.add_parser("bench", help="speed figures against in-process references")
     bench.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")

@@ -89,7 +89,6 @@ class BoundaryRenderer:
         # white; inside, the static layer over one of the three region colours; in the title,
         # a grey level. One palette covers them all, so each image is a few uint8 lookups and
         # an 8-bit PNG, which MLflow encodes several times faster than an RGB one.
-        box = (self.cols[0], self.rows[0], self.cols[1], self.rows[1])
         self.axes_size = (width, height)
         layers = [Image.alpha_composite(Image.new("RGBA", self.overlay.size, (*color, 255)), self.overlay).convert("RGB")
                   for color in [(255, 255, 255), *map(tuple, REGION_COLORS)]]

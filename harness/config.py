@@ -171,3 +171,19 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
 def flatten(cfg: TrainConfig) -> dict[str, str]:
     """Every field as a string, for MLflow params."""
     return {k: str(v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def from_params(params: dict[str, str]) -> TrainConfig:
+    """The config a run was trained with, back from its MLflow params (see `flatten`)."""
+    defaults = TrainConfig()
+    values = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in params:
+            continue
+        raw, default = params[f.name], getattr(defaults, f.name)
+        if raw.startswith("[") or not isinstance(default, (str, list)):
+            # numbers and lists: Python's str() of them is valid TOML ('a' is a literal string)
+            values[f.name] = tomllib.loads(f"v = {raw}")["v"]
+        else:
+            values[f.name] = raw
+    return build(values)

@@ -137,6 +137,10 @@ def run_scan(scan: SeedScan, tracker: Tracker) -> tuple[str, dict]:
                 writer.writeheader()
                 writer.writerows(rows)
             logger.log_artifact(table)
+            # every seed's curves, for `make compare` (NaN past a seed's last step)
+            np.savez_compressed(Path(tmp) / "histories.npz", seed=np.array(scan.seeds),
+                                **{m: batch.history[m].astype(np.float32) for m in METRICS})
+            logger.log_artifact(Path(tmp) / "histories.npz")
             for file_name, fig in (("loss_fan.png", fan_figure(scan, batch, bands["train_loss"])),
                                    ("iterations_to_target_hist.png", histogram_figure(scan, reached))):
                 fig.savefig(Path(tmp) / file_name, bbox_inches="tight")

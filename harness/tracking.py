@@ -209,6 +209,49 @@ class Tracker:
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)
 
+    # reading back, for reports (`make compare`)
+
+    def metric_histories(self, run_id: str, keys: list[str]) -> dict[str, np.ndarray]:
+        """Each metric's values at steps 0..last, in step order (NaN where a step is missing)."""
+        out = {}
+        for key in keys:
+            points = self.client.get_metric_history(run_id, key)
+            values = np.full(max((m.step for m in points), default=-1) + 1, np.nan)
+            for m in points:
+                values[m.step] = m.value
+            out[key] = values
+        return out
+
+    def image_steps(self, run_id: str, key: str) -> dict[int, str]:
+        """step -> artifact path of the full-size image that `log_image(key=..., step=...)` wrote."""
+        steps = {}
+        for info in self.client.list_artifacts(run_id, "images"):
+            name = info.path.rsplit("/", 1)[-1]
+            parts = name.removesuffix(".png").split("+")
+            if name.endswith(".png") and len(parts) >= 3 and parts[0] == key and parts[1] == "step":
+                steps[int(parts[2])] = info.path
+        return steps
+
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        folder, _, _ = path.rpartition("/")
+        return any(info.path == path for info in self.client.list_artifacts(run_id, folder or None))
+
+    def download(self, run_id: str, path: str, destination: str | Path) -> Path:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per call is noise
+        return Path(self.client.download_artifacts(run_id, path, str(destination)))
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def latest_run(self, experiment: str, tag: str, value: str):
+        """The newest finished run of `experiment` tagged `tag = value`, or None."""
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return None
+        runs = self.client.search_runs([found.experiment_id], f"tags.{tag} = '{value}' and attributes.status = 'FINISHED'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0] if runs else None
+
     def ui_command(self) -> str:
         return "make ui" if self.uri == DEFAULT_TRACKING_URI else f"mlflow ui --backend-store-uri {self.uri}"
 
