@@ -81,31 +81,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     options = CompareOptions(step=args.step, bands_per_decade=args.bands_per_decade,
                              min_trials=args.min_trials).check()
-    values = config.read_toml(args.experiment) if args.experiment else {}
+    values = config.read_toml(args.experiment) if args.experiment else {"sweep": {}}
+    if args.run and args.study:
+        raise ConfigError("--study, --run: give one, a study or a seed scan's run")
+    if not args.run and not ({"sweep", "seeds"} & set(values)):
+        raise ConfigError(f"experiment file: {args.experiment} has neither a [sweep] table (a study) "
+                          "nor a [seeds] table (a seed scan) to compare")
     scan = args.run is not None or ("seeds" in values and "sweep" not in values)
     if scan:
         from harness.seed_scan import load as seed_scan_file
         experiment = seed_scan_file(args.experiment).base.experiment
     else:
         study = args.study or study_config.load(args.experiment).settings.study
-    from harness import compare, report
+    from harness import compare, report, report_files
     from harness.study_storage import storage_url
     from harness.tracking import Tracker
 
-    tracker = Tracker()
     if scan:
+        tracker = Tracker()
         comparison = compare.scan_comparison(args.run, experiment, tracker, options)
     else:
-        comparison = compare.study_comparison(study, storage_url(), tracker, options)
-    folder = Path(args.out) if args.out else Path("mlruns") / "reports" / comparison.name
-    path, notes = report.write_report(comparison, tracker, folder)
+        found = compare.load_study(study, storage_url())  # before the tracking store is touched
+        tracker = Tracker()
+        comparison = compare.study_comparison(found, tracker, options)
+    folder = Path(args.out) if args.out else report_files.default_folder(tracker, comparison.name)
+    path, notes, logged = report_files.write_report(comparison, tracker, folder)
     print(report.terminal_table(comparison))
     for note in notes:
         print(note)
     if comparison.kind == "study":
         made, existing = report.trial_gifs(comparison, tracker)
         print(f"boundary.gif: logged to {made} trial runs ({existing} had one already)")
-    print(f"report: {path} (logged to run {comparison.run_id} under report/)")
+    print(f"report: {path} (logged to run {comparison.run_id} as {logged}/)")
     print(f"open the UI: {tracker.ui_command()}")
     return 0
 

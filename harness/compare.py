@@ -9,7 +9,10 @@ data; `harness/report.py` turns the result into figures, a report file and a tab
 
 import math
 import tempfile
+import tomllib
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -34,12 +37,17 @@ class Curve:
     run_id: str | None = None
     images: dict[int, str] = field(default_factory=dict)
     """step -> artifact path of the logged boundary image"""
+    finished: bool = True
+    """ran its whole iteration count (not pruned, not diverged)"""
+
+    @property
+    def last_step(self) -> int:
+        return len(self.history["train_loss"]) - 1
 
     @property
     def final_val_accuracy(self) -> float:
-        values = self.history["val_accuracy"]
-        finite = values[np.isfinite(values)]
-        return float(finite[-1]) if len(finite) else math.nan
+        """NaN for a network that stopped early: its last value is not a final accuracy."""
+        return float(self.history["val_accuracy"][-1]) if self.finished else math.nan
 
 
 @dataclass
@@ -64,7 +72,12 @@ class Band:
     iterations_to_target: Spread | None
     """None: fewer than min_trials curves reached the target"""
     val_accuracy: Spread | None
-    """None: fewer than min_trials curves"""
+    """None: fewer than min_trials curves that finished"""
+
+    @property
+    def stopped(self) -> int:
+        """curves that were pruned or diverged"""
+        return sum(not c.finished for c in self.curves)
 
     @property
     def label(self) -> str:
@@ -85,6 +98,7 @@ class Comparison:
     importances: dict[str, dict[str, float]] | str
     """evaluator -> param -> share of the objective's variance; or why there are none"""
     objective: str = ""
+    """what the importances explain"""
     counts: dict[str, int] = field(default_factory=dict)
     base: TrainConfig | None = None
     """the scan's config (everything but the seed)"""
@@ -127,30 +141,63 @@ def make_bands(curves: list[Curve], options: CompareOptions) -> list[Band]:
     return bands
 
 
+def objective_name(param: str) -> str:
+    """The parent run's `objective` param, or the first objective of several."""
+    if param.startswith("["):
+        return f"{tomllib.loads(f'v = {param}')['v'][0]} (the first objective)"
+    return param
+
+
 def importances(study: optuna.Study) -> dict[str, dict[str, float]] | str:
     """fANOVA and PED-ANOVA importances of the searched params for the (first) objective."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 3:
         return f"too few complete trials ({len(complete)} < 3)"
-    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
+    target = None
+    if len(study.directions) > 1:  # PED-ANOVA looks for low target values
+        sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        target = lambda t: sign * t.values[0]  # noqa: E731
     out = {}
     for name, evaluator in (("fANOVA", optuna.importance.FanovaImportanceEvaluator(seed=0)),
                             ("PED-ANOVA", optuna.importance.PedAnovaImportanceEvaluator())):
         try:
-            out[name] = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # the sign of target is handled above
+                out[name] = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
         except (ValueError, RuntimeError, ZeroDivisionError) as e:  # e.g. every trial has the same value
             out[name] = {}
             print(f"{name} importances not computed: {e}")
     return out
 
 
-def study_comparison(study_name: str, storage_url: str, tracker: Tracker, options: CompareOptions) -> Comparison:
+def check_step(step: int | None, curves: list[Curve], kind: str) -> None:
+    """A --step that no tile could show is an error, before anything is written."""
+    if step is None:
+        return
+    if kind == "scan":
+        last = max(c.last_step for c in curves)
+        if step > last:
+            raise ConfigError(f"step: must be in [0, {last}], the steps the scan measured; got {step}")
+        return
+    logged = sorted({s for c in curves for s in c.images})
+    if step not in logged:
+        shown = ", ".join(map(str, logged[:4])) + (f", ..., {logged[-1]}" if len(logged) > 4 else "")
+        raise ConfigError(f"step: no trial has a boundary image at step {step}; steps with images: {shown or 'none'}")
+
+
+def load_study(study_name: str, storage_url: str) -> optuna.Study:
+    if storage_url.startswith("sqlite:///") and not Path(storage_url.removeprefix("sqlite:///")).exists():
+        raise ConfigError(f"study: no study named '{study_name}': {storage_url} has no studies yet (run make sweep first)")
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage_url)
+        return optuna.load_study(study_name=study_name, storage=storage_url)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
         raise ConfigError(f"study: no study named '{study_name}' in {storage_url}; "
                           f"existing: {', '.join(names) or 'none (run make sweep first)'}") from None
+
+
+def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOptions) -> Comparison:
+    study_name = study.study_name
     parent = study.user_attrs.get(PARENT_RUN_ATTR)
     if not parent:
         raise ConfigError(f"study: '{study_name}' has no MLflow parent run (was it made by make sweep?)")
@@ -160,24 +207,32 @@ def study_comparison(study_name: str, storage_url: str, tracker: Tracker, option
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED) or not run_id:
             continue
-        run = tracker.get_run(run_id)
+        try:
+            run = tracker.get_run(run_id)
+        except Exception as e:  # the run was removed from the store: the trial cannot be shown
+            print(f"trial {trial.number}: its MLflow run {run_id} cannot be read ({e}); left out")
+            continue
         cfg = from_params(run.data.params)
         target = cfg.target_accuracy if target is None else target
         history = tracker.metric_histories(run_id, list(METRICS))
         reached = run.data.metrics.get("iterations_to_target")
         curves.append(Curve(f"trial-{trial.number}", cfg.seed, cfg.lr, history,
                             int(reached) if reached is not None else None, run_id,
-                            tracker.image_steps(run_id, "boundary")))
+                            tracker.image_steps(run_id, "boundary"), finished=trial.state == TrialState.COMPLETE))
     if not curves:
         raise ConfigError(f"study: '{study_name}' has no finished trial with an MLflow run yet")
+    check_step(options.step, curves, "study")
     counts = {s: sum(1 for t in trials if t.state.name == s) for s in ("COMPLETE", "PRUNED", "FAIL")}
-    objective = tracker.get_run(parent).data.params.get("objective", "")
+    objective = objective_name(tracker.get_run(parent).data.params.get("objective", ""))
     return Comparison("study", study_name, parent, target, options, make_bands(curves, options),
                       importances(study), objective, counts)
 
 
 def scan_comparison(run_id: str | None, experiment: str, tracker: Tracker, options: CompareOptions) -> Comparison:
-    run = tracker.get_run(run_id) if run_id else tracker.latest_run(experiment, "scan", "seeds")
+    try:
+        run = tracker.get_run(run_id) if run_id else tracker.latest_run(experiment, "scan", "seeds")
+    except Exception:  # MLflow raises when the id is unknown
+        raise ConfigError(f"run: no run with id '{run_id}' in {tracker.uri}") from None
     if run is None:
         raise ConfigError(f"run: no finished seed scan in experiment '{experiment}'; run make seeds first")
     if run.data.tags.get("scan") != "seeds":
@@ -197,7 +252,8 @@ def scan_comparison(run_id: str | None, experiment: str, tracker: Tracker, optio
         last = int(np.flatnonzero(measured)[-1]) if measured.any() else -1
         h = {m: v[:last + 1] for m, v in h.items()}
         reached = first_reaching(h["train_accuracy"].tolist(), base.target_accuracy)
-        curves.append(Curve(f"seed {seed}", seed, base.lr, h, reached, run.info.run_id))
+        curves.append(Curve(f"seed {seed}", seed, base.lr, h, reached, run.info.run_id, finished=last == base.iterations))
+    check_step(options.step, curves, "scan")
     name = run.info.run_name or run.info.run_id
     return Comparison("scan", name, run.info.run_id, base.target_accuracy, options,
                       make_bands(curves, options), "a seed scan varies only the seed", base=base)

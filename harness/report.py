@@ -16,26 +16,29 @@ GIF_FRAME_MS = 150
 # numbers, as the table and the report show them
 
 def spread_cells(s: Spread | None, n: int, what: str, digits: int, need: int) -> list[str]:
+    """The spread's numbers and a note; a band with too few values gets the note instead."""
     if s is None:
-        return [f"too few: {n} {what}, need {need}"] + [""] * 6
+        return ["-"] * 7 + [f"too few: {n} {what}, need {need}"]
     f = f"{{:.{digits}f}}"
     return [str(s.n), *(f.format(v) for v in (s.min, s.p10, s.median, s.p90, s.max)),
-            f"[{f.format(s.median_ci[0])}, {f.format(s.median_ci[1])}]"]
+            f"[{f.format(s.median_ci[0])}, {f.format(s.median_ci[1])}]", ""]
 
 
-SPREAD_HEADER = ["n", "min", "p10", "median", "p90", "max", "median 95% CI"]
+SPREAD_HEADER = ["n", "min", "p10", "median", "p90", "max", "median 95% CI", "note"]
 
 
 def band_tables(c: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for iterations_to_target and for the final val_accuracy."""
-    itt = [[b.label, str(len(b.curves)), str(b.reached),
-            *spread_cells(b.iterations_to_target, b.reached, "reached", 1, c.options.min_trials)] for b in c.bands]
-    acc = [[b.label, str(len(b.curves)),
-            *spread_cells(b.val_accuracy, len(b.curves), "trials", 3, c.options.min_trials)] for b in c.bands]
-    target = f"{c.target_accuracy:.0%}"
-    return [(f"iterations to {target} train accuracy, across seeds (over the networks that reached it)",
-             ["lr band", "trials", "reached", *SPREAD_HEADER], itt),
-            ("final val_accuracy, across seeds", ["lr band", "trials", *SPREAD_HEADER], acc)]
+    need = c.options.min_trials
+    itt = [[b.label, str(len(b.curves)), str(b.stopped), str(b.reached),
+            *spread_cells(b.iterations_to_target, b.reached, "reached", 1, need)] for b in c.bands]
+    acc = [[b.label, str(len(b.curves)), str(len(b.curves) - b.stopped),
+            *spread_cells(b.val_accuracy, len(b.curves) - b.stopped, "finished", 3, need)] for b in c.bands]
+    stopped = "pruned or diverged" if c.kind == "study" else "diverged"
+    return [(f"iterations to {c.target_accuracy:.0%} train accuracy, across seeds (over the networks that reached it)",
+             ["lr band", "trials", stopped, "reached", *SPREAD_HEADER], itt),
+            ("final val_accuracy, across seeds (over the networks that ran all their iterations)",
+             ["lr band", "trials", "finished", *SPREAD_HEADER], acc)]
 
 
 def importance_table(c: Comparison) -> tuple[list[str], list[list[str]]] | None:
@@ -49,6 +52,8 @@ def importance_table(c: Comparison) -> tuple[list[str], list[list[str]]] | None:
 
 
 def format_rows(header: list[str], rows: list[list[str]]) -> list[str]:
+    if all(not r[-1] for r in rows) and header[-1] == "note":  # no notes: no empty column
+        header, rows = header[:-1], [r[:-1] for r in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))).rstrip()
             for r in [header, *rows]]
@@ -71,7 +76,8 @@ def headline(c: Comparison) -> str | None:
 
 def terminal_table(c: Comparison) -> str:
     source = (f"study '{c.name}' (" + ", ".join(f"{n} {s.lower()}" for s, n in c.counts.items()) + ")"
-              if c.kind == "study" else f"seed scan '{c.name}' ({len(c.bands[0].curves)} seeds)")
+              if c.kind == "study" else f"seed scan '{c.name}' ({len(c.bands[0].curves)} seeds, "
+                                        f"{c.bands[0].stopped} diverged)")
     out = [source, ""]
     for title, header, rows in band_tables(c):
         out += [f"{title}:", *("  " + line for line in format_rows(header, rows)), ""]
@@ -106,94 +112,3 @@ def trial_gifs(c: Comparison, tracker) -> tuple[int, int]:
             tracker.log_artifact(curve.run_id, gif)
         made += 1
     return made, existing
-
-
-# the report files
-
-def markdown(blocks: list[tuple]) -> str:
-    out = []
-    for kind, *rest in blocks:
-        if kind == "h":
-            out += [f"{'#' * rest[0]} {rest[1]}", ""]
-        elif kind == "p":
-            out += [rest[0], ""]
-        elif kind == "table":
-            header, rows = rest
-            out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                    *("| " + " | ".join(r) + " |" for r in rows), ""]
-        elif kind == "img":
-            out += [f"![{rest[1]}]({rest[0]})", ""]
-    return "\n".join(out)
-
-
-def html(blocks: list[tuple], folder: Path, title: str) -> str:
-    from html import escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title><style>"
-           "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-           "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-           "img{max-width:100%}</style></head><body>"]
-    for kind, *rest in blocks:
-        if kind == "h":
-            out.append(f"<h{rest[0]}>{escape(rest[1])}</h{rest[0]}>")
-        elif kind == "p":
-            out.append(f"<p>{escape(rest[0])}</p>")
-        elif kind == "table":
-            header, rows = rest
-            out.append("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{escape(x)}</td>" for x in r) + "</tr>" for r in rows)
-                       + "</table>")
-        elif kind == "img":
-            data = base64.b64encode((folder / rest[0]).read_bytes()).decode()
-            out.append(f"<p><img alt='{escape(rest[1])}' src='data:image/png;base64,{data}'></p>")
-    return "\n".join(out + ["</body></html>"])
-
-
-def write_report(c: Comparison, tracker, folder: Path) -> tuple[Path, list[str]]:
-    """Figures, report.md and report.html into `folder`, all logged under `report/` on the
-    comparison's run. Returns the HTML file and notes for the terminal."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):  # a previous report's figures (another step, other bands)
-        old.unlink()
-    notes = []
-    figures = [("curves.png", curves_figure(c)), ("iterations_to_target.png", spread_figure(c))]
-    with tempfile.TemporaryDirectory() as tmp:
-        if c.kind == "study":
-            figures += study_grids(c, tracker, Path(tmp))
-        else:
-            grid, check = scan_grid(c)
-            figures.append(grid)
-            notes.append(check)
-    importance = importance_figure(c)
-    if importance is not None:
-        figures.append(("importances.png", importance))
-    for name, fig in figures:
-        fig.savefig(folder / name)
-
-    source = (f"Optuna study `{c.name}`, MLflow parent run `{c.run_id}`: "
-              + ", ".join(f"{n} {s.lower()}" for s, n in c.counts.items()) + " trials"
-              if c.kind == "study" else
-              f"seed scan run `{c.name}` (`{c.run_id}`): {len(c.bands[0].curves)} seeds, everything else fixed")
-    o = c.options
-    blocks = [("h", 1, f"How the initialization changes convergence: {c.name}"), ("p", source)]
-    line = headline(c)
-    if line:
-        blocks.append(("p", f"**{line[0].upper() + line[1:]}.**"))
-    blocks += [("h", 2, "Curves by learning-rate band, coloured by seed"), ("img", "curves.png", "curves")]
-    for title, header, rows in band_tables(c):
-        blocks += [("h", 2, title[0].upper() + title[1:]), ("table", header, rows)]
-    blocks.append(("img", "iterations_to_target.png", "iterations to target by band"))
-    blocks.append(("h", 2, "Decision boundaries, one tile per seed"))
-    grids = [name for name, _ in figures if name.startswith("boundaries")]
-    blocks += [("img", name, name) for name in grids] or [("p", "No band has two trials with boundary images.")]
-    blocks += [("p", note) for note in notes]
-    blocks.append(("h", 2, f"Parameter importances for {c.objective or 'the objective'}"))
-    table = importance_table(c)
-    blocks += [("table", *table), ("img", "importances.png", "importances")] if table else [("p", str(c.importances))]
-    blocks.append(("p", f"Bands: {o.bands_per_decade} per factor of 10 in lr. Spreads need at least {o.min_trials} "
-                        f"values; median CI: percentile bootstrap, {o.resamples} resamples, seed {o.bootstrap_seed}. "
-                        "Every number is computed from the logged runs."))
-    (folder / "report.md").write_text(markdown(blocks))
-    (folder / "report.html").write_text(html(blocks, folder, c.name))
-    for path in sorted(folder.iterdir()):
-        tracker.log_artifact(c.run_id, path, "report")
-    return folder / "report.html", notes

@@ -50,8 +50,10 @@ def spread_figure(c: Comparison) -> Figure:
             ax.scatter(j + rng.uniform(-0.2, 0.2, len(values)), values, s=8, alpha=0.5, color="tab:blue")
         if band.iterations_to_target:
             s = band.iterations_to_target
-            ax.plot([j - 0.3, j + 0.3], [s.median] * 2, color="tab:orange", linewidth=2)
-            ax.vlines(j, s.p10, s.p90, color="tab:orange", linewidth=1)
+            ax.plot([j - 0.3, j + 0.3], [s.median] * 2, color="tab:orange", linewidth=2.5, zorder=3)
+            ax.vlines(j, s.p10, s.p90, color="tab:orange", linewidth=4, zorder=3)
+    if not any(band.reached for band in c.bands):
+        ax.text(0.5, 0.5, "no network reached the target", transform=ax.transAxes, ha="center", va="center")
     ax.set_xticks(range(len(c.bands)), [f"lr {b.label}\n{b.reached}/{len(b.curves)} reached" for b in c.bands])
     ax.set_ylabel(f"iterations to {c.target_accuracy:.0%} train accuracy")
     ax.set_title("spread across seeds (orange: median and p10-p90)")
@@ -100,13 +102,14 @@ def spaced(items: list, most: int) -> list:
 def study_grids(c: Comparison, tracker, tmp: Path) -> list[tuple[str, Figure]]:
     """For each band with two or more trials: their logged boundaries at one step, side by side."""
     grids = []
-    for b, band in enumerate(c.bands):
+    for band in c.bands:
         shown = spaced([curve for curve in band.curves if curve.images], c.options.max_tiles)
         if len(shown) < 2:
             continue
         step = c.options.step
-        if step is None:
-            step = max(set.intersection(*(set(curve.images) for curve in shown)), default=None)
+        if step is None:  # the last step every finished trial shown has an image for
+            finished = [curve for curve in shown if curve.finished] or shown
+            step = max(set.intersection(*(set(curve.images) for curve in finished)), default=None)
         if step is None:
             continue
         tiles = []
@@ -114,7 +117,7 @@ def study_grids(c: Comparison, tracker, tmp: Path) -> list[tuple[str, Figure]]:
             path = curve.images.get(step)
             image = Image.open(tracker.download(curve.run_id, path, tmp)) if path else None
             tiles.append((f"seed {curve.seed} (lr {curve.lr:.3g}, {curve.label})", image))
-        grids.append((f"boundaries_band{b}_step{step}.png",
+        grids.append((f"boundaries_lr{band.low:.3g}-{band.high:.3g}_step{step}.png",
                       grid_figure(tiles, f"decision boundary at step {step}, lr {band.label}, one tile per seed")))
     return grids
 
@@ -129,8 +132,8 @@ def scan_grid(c: Comparison) -> tuple[tuple[str, Figure] | None, str]:
     band = c.bands[0]
     order = sorted(band.curves, key=lambda cv: (cv.iterations_to_target is None, cv.iterations_to_target or 0, cv.seed))
     shown = spaced(order, c.options.max_tiles)
-    last_common = min(len(curve.history["train_loss"]) - 1 for curve in shown)
-    step = last_common if c.options.step is None else min(c.options.step, last_common)
+    finished = [curve for curve in shown if curve.finished] or shown
+    step = min(curve.last_step for curve in finished) if c.options.step is None else c.options.step
     workspace = Workspace.for_config(c.base)
     cfgs = [replace(c.base, seed=curve.seed, iterations=max(step, 1), plot_every=max(step, 1)) for curve in shown]
     images: dict[int, Image.Image] = {}

@@ -1,5 +1,7 @@
 """`make compare`: the report's numbers against values worked out by hand from known curves."""
 
+import time
+
 import numpy as np
 import optuna
 import pytest
@@ -9,8 +11,10 @@ from PIL import Image
 
 from harness import compare, config, seed_scan
 from harness.compare_config import CompareOptions
+from harness.config import ConfigError
 from harness.experiment import record_trained_run
-from harness.report import terminal_table, trial_gifs, write_report
+from harness.report import terminal_table, trial_gifs
+from harness.report_files import write_report
 from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.train import TrainResult
 from tests.conftest import run_cli
@@ -18,7 +22,8 @@ from tests.conftest import run_cli
 STEPS = 61  # steps 0..60
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # the boundary image at steps 0, 30, 60
 
-# (lr, seed, iterations_to_target, final val_accuracy, image steps)
+# (lr, seed, iterations_to_target, final val_accuracy, image steps); a None seed marks the
+# pruned trial below
 KNOWN = [
     (0.5, 6, 50, 0.95, (0, 30, 60)),
     (0.5, 2, 20, 0.75, (0, 30, 60)),
@@ -29,13 +34,15 @@ KNOWN = [
     (0.05, 7, 55, 0.60, (0, 30, 60)),
     (0.05, 8, 45, 0.65, (0, 30, 60)),
 ]
+PRUNED = (0.5, 9, None, 0.10, (0, 30))  # stopped by the pruner: its last val_accuracy is no final value
 
 
 def known_result(reached: int | None, final_val_accuracy: float) -> TrainResult:
-    """train_accuracy 0.5 until `reached`, 0.9 from then on; val_accuracy ends at the given value."""
+    """train_accuracy 0.5 until `reached`, 0.9 from then on; val_accuracy peaks at 0.99 halfway,
+    then ends at the given value (so the final value is not the best one)."""
     steps = np.arange(STEPS)
     accuracy = np.where(steps >= (reached if reached is not None else STEPS), 0.9, 0.5)
-    val_accuracy = np.linspace(0.4, final_val_accuracy, STEPS)
+    val_accuracy = np.where(steps == STEPS // 2, 0.99, np.linspace(0.4, final_val_accuracy, STEPS))
     loss = 1.0 / (1.0 + steps)
     return TrainResult(history={"train_loss": loss.tolist(), "train_accuracy": accuracy.tolist(),
                                 "val_loss": (loss * 1.1).tolist(), "val_accuracy": val_accuracy.tolist()},
@@ -52,7 +59,7 @@ def known_study(tmp_path, tracker, cpu):
     tracker.close_run(parent, "FINISHED")
     study = optuna.create_study(study_name=name, storage=storage)
     study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
-    for number, (lr, seed, reached, val_accuracy, image_steps) in enumerate(KNOWN):
+    for number, (lr, seed, reached, val_accuracy, image_steps) in enumerate(KNOWN + [PRUNED]):
         cfg = config.build({"experiment": experiment, "lr": lr, "seed": seed, "iterations": STEPS - 1, "device": "cpu"})
         images = [(s, Image.new("RGB", (32, 32), color=COLOURS[s // 30])) for s in image_steps]
         run_id = record_trained_run(cfg, tracker, cpu, known_result(reached, val_accuracy), images,
@@ -61,23 +68,30 @@ def known_study(tmp_path, tracker, cpu):
             params={"lr": lr, "seed": seed, "iterations": STEPS - 1},
             distributions={"lr": FloatDistribution(1e-3, 1.0, log=True), "seed": IntDistribution(0, 100),
                            "iterations": IntDistribution(10, 100)},
-            value=1.0 - val_accuracy + 0.01 * seed, user_attrs={RUN_ID_ATTR: run_id}))
+            value=None if number == len(KNOWN) else 1.0 - val_accuracy + 0.01 * seed,
+            state=optuna.trial.TrialState.PRUNED if number == len(KNOWN) else optuna.trial.TrialState.COMPLETE,
+            user_attrs={RUN_ID_ATTR: run_id}))
     return name, storage, parent.run_id
 
 
 def test_the_spread_per_band_is_computed_from_the_logged_curves(known_study, tracker):
     name, storage, _ = known_study
-    c = compare.study_comparison(name, storage, tracker, CompareOptions(min_trials=5))
+    c = compare.study_comparison(compare.load_study(name, storage), tracker, CompareOptions(min_trials=5))
     assert [b.label for b in c.bands] == ["[0.01, 0.1)", "[0.1, 1)"]
     few, main = c.bands
-    assert [curve.seed for curve in main.curves] == [1, 2, 3, 4, 5, 6]  # sorted by seed
-    assert main.reached == 5 and few.reached == 2
+    assert [curve.seed for curve in main.curves] == [1, 2, 3, 4, 5, 6, 9]  # sorted by seed
+    assert main.reached == 5 and few.reached == 2 and main.stopped == 1
 
     # by hand, from [10, 20, 30, 40, 50] with linear interpolation: p10 at 0.4 of the first gap
     s = main.iterations_to_target
     assert (s.n, s.min, s.p10, s.median, s.p90, s.max) == (5, 10, 14, 30, 46, 50)
-    assert s.median_ci[0] <= 30 <= s.median_ci[1] and 10 <= s.median_ci[0] and s.median_ci[1] <= 50
-    # final val_accuracy of all six: 0.70 .. 0.95 in steps of 0.05
+    # the 95% percentile bootstrap of the median, 2000 resamples drawn with seed 0
+    values = np.array([10.0, 20, 30, 40, 50])
+    picks = np.random.default_rng(0).integers(0, 5, size=(2000, 5))
+    assert s.median_ci == tuple(np.percentile(np.median(values[picks], axis=1), [2.5, 97.5]))
+    assert s.median_ci[0] < 30 < s.median_ci[1]
+    # final val_accuracy of the six that finished: 0.70 .. 0.95 in steps of 0.05 (not the
+    # mid-run peak of 0.99, not the pruned trial's 0.10)
     v = main.val_accuracy
     assert v.n == 6 and v.min == pytest.approx(0.70) and v.max == pytest.approx(0.95)
     assert v.median == pytest.approx(0.825) and v.p10 == pytest.approx(0.725) and v.p90 == pytest.approx(0.925)
@@ -98,28 +112,37 @@ def test_bootstrap_interval_is_seeded_and_collapses_on_equal_values():
 def test_compare_writes_and_logs_the_report_and_a_gif_per_trial(known_study, tracker, cli_env, tmp_path):
     name, storage, parent = known_study
     out = tmp_path / "report"
+    out.mkdir()
+    (out / "keep.png").write_text("mine")
     result = run_cli("compare", "--study", name, "--out", str(out), env={**cli_env, "OPTUNA_STORAGE": storage})
     assert result.returncode == 0, result.stderr
     # the printed table and the report hold the numbers above
     row = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("[0.1, 1)")][0]
-    assert row[2:10] == ["6", "5", "5", "10.0", "14.0", "30.0", "46.0", "50.0"]
-    assert "| [0.1, 1) | 6 | 5 | 5 | 10.0 | 14.0 | 30.0 | 46.0 | 50.0 |" in (out / "report.md").read_text()
-    assert "boundary.gif: logged to 8 trial runs (0 had one already)" in result.stdout
+    assert row[2:11] == ["7", "1", "5", "5", "10.0", "14.0", "30.0", "46.0", "50.0"]
+    assert "| [0.1, 1) | 7 | 1 | 5 | 5 | 10.0 | 14.0 | 30.0 | 46.0 | 50.0 |" in (out / "report.md").read_text()
+    assert "boundary.gif: logged to 9 trial runs (0 had one already)" in result.stdout
+    assert (out / "keep.png").read_text() == "mine"  # the folder's other files are left alone
 
     client = MlflowClient(tracker.uri)
-    logged = {f.path for f in client.list_artifacts(parent, "report")}
-    assert {"report/report.md", "report/report.html", "report/curves.png", "report/importances.png",
-            "report/boundaries_band1_step30.png", "report/boundaries_band0_step60.png"} <= logged
+    first = client.get_run(parent).data.tags["report"]  # report/<time>/report.html
+    folder = first.rsplit("/", 1)[0]
+    logged = {f.path.rsplit("/", 1)[1] for f in client.list_artifacts(parent, folder)}
+    assert logged == {"report.md", "report.html", "curves.png", "iterations_to_target.png", "importances.png",
+                      "boundaries_lr0.1-1_step30.png", "boundaries_lr0.01-0.1_step60.png"}
     assert "data:image/png;base64," in (out / "report.html").read_text()  # self-contained
+    assert "<strong>" in (out / "report.html").read_text() and "**" not in (out / "report.html").read_text()
 
     run_id = optuna.load_study(study_name=name, storage=storage).trials[0].user_attrs[RUN_ID_ATTR]
     gif = Image.open(client.download_artifacts(run_id, "boundary.gif", str(tmp_path)))
-    assert gif.n_frames == 3  # one frame per logged image, in step order
+    assert gif.n_frames == 3  # one frame per logged image, in step order (trial 0: steps 0, 30, 60)
     assert [gif.seek(i) or gif.convert("RGB").getpixel((0, 0)) for i in range(3)] == COLOURS
 
+    time.sleep(1)  # a new report folder per second
     again = run_cli("compare", "--study", name, "--out", str(out), "--step", "0", env={**cli_env, "OPTUNA_STORAGE": storage})
-    assert "boundary.gif: logged to 0 trial runs (8 had one already)" in again.stdout
-    assert (out / "boundaries_band1_step0.png").exists() and not (out / "boundaries_band1_step30.png").exists()
+    assert "boundary.gif: logged to 0 trial runs (9 had one already)" in again.stdout
+    assert (out / "boundaries_lr0.1-1_step0.png").exists() and not (out / "boundaries_lr0.1-1_step30.png").exists()
+    second = client.get_run(parent).data.tags["report"]
+    assert second != first and not any("step30" in f.path for f in client.list_artifacts(parent, second.rsplit("/", 1)[0]))
 
 
 def test_a_seed_scan_report_matches_the_scan_and_its_retrained_boundaries(tmp_path, tracker):
@@ -134,16 +157,23 @@ def test_a_seed_scan_report_matches_the_scan_and_its_retrained_boundaries(tmp_pa
     assert s.n == summary["reached"]
     for key in ("min", "p10", "median", "p90", "max"):
         assert getattr(s, key) == pytest.approx(summary[f"iterations_to_target_{key}"])
-    html, notes = write_report(c, tracker, tmp_path / "scan-report")
+    html, notes, _ = write_report(c, tracker, tmp_path / "scan-report")
     assert notes[0].startswith("retrained curves match the logged ones")
     assert (tmp_path / "scan-report" / "boundaries_step40.png").exists() and html.exists()
     assert trial_gifs(c, tracker) == (0, 0)  # a scan has no trial runs
+    with pytest.raises(ConfigError, match=r"step: must be in \[0, 120\]"):
+        compare.scan_comparison(run_id, "", tracker, CompareOptions(step=121))
 
 
 def test_compare_errors_are_one_line(tmp_path, cli_env, known_study):
-    env = {**cli_env, "OPTUNA_STORAGE": known_study[1]}
+    name, storage, parent = known_study
+    env = {**cli_env, "OPTUNA_STORAGE": storage}
     for args, message in [(["--study", "nope"], "error: study: no study named 'nope'"),
                           (["--min-trials", "1"], "error: min-trials: must be >= 2, got 1"),
-                          (["--run", known_study[2]], "is not a seed scan")]:
+                          (["--run", parent], "is not a seed scan"),
+                          (["--run", "no-such-run"], "error: run: no run with id 'no-such-run'"),
+                          (["--study", name, "--step", "1000"], "error: step: no trial has a boundary image at step 1000"),
+                          (["--study", name, "--run", parent], "error: --study, --run: give one"),
+                          (["experiments/lecture.toml"], "has neither a [sweep] table")]:
         result = run_cli("compare", *args, env=env)
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
