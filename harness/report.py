@@ -1,14 +1,12 @@
 """The comparison report: figures, a Markdown and a self-contained HTML file, the terminal table,
 the boundary grid, and each trial's `boundary.gif`; all logged to MLflow and kept under mlruns/."""
 
-import base64
 import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 from harness.compare import Comparison, Spread
-from harness.report_figures import curves_figure, importance_figure, scan_grid, spread_figure, study_grids
 
 GIF_FRAME_MS = 150
 
