@@ -1,5 +1,5 @@
-"""The comparison report: figures, a Markdown and a self-contained HTML file, the terminal table,
-the boundary grid, and each trial's `boundary.gif`; all logged to MLflow and kept under mlruns/."""
+"""The comparison report's words and numbers: the band tables, the headline sentence, the
+terminal table; and each trial's `boundary.gif`. Figures: report_figures.py; files: report_files.py."""
 
 import tempfile
 from pathlib import Path
