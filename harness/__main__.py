@@ -7,6 +7,8 @@ import sys
 from harness.config import ConfigError
 from harness.signals import stop_on_first_interrupt
 
+DEFAULT_STUDY = "experiments/sweep.toml"  # the study `make sweep` runs, and `make ui` links to
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness import config
@@ -74,6 +76,15 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from harness import study_config, ui
+
+    ui.check_host(args.host, args.allow_remote)
+    path = args.experiment or (DEFAULT_STUDY if os.path.exists(DEFAULT_STUDY) else None)
+    experiment = study_config.load(path).base.experiment
+    return ui.serve(experiment, host=args.host, port=args.port)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness import bench
     return bench.main(args)
@@ -101,6 +112,13 @@ def parser() -> argparse.ArgumentParser:
     seeds.add_argument("--count", type=int, help="how many seeds (default: the file's seeds.count, else 1000)")
     seeds.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     seeds.set_defaults(func=cmd_seeds)
+
+    ui = sub.add_parser("ui", help="the MLflow UI over the tracking store, on 127.0.0.1 until Ctrl-C")
+    ui.add_argument("experiment", nargs="?", help=f"experiment TOML file whose MLflow experiment to link (default: {DEFAULT_STUDY})")
+    ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; only loopback addresses)")
+    ui.add_argument("--allow-remote", action="store_true", help="bind a non-loopback --host anyway (the UI has no login)")
+    ui.set_defaults(func=cmd_ui)
 
     bench = sub.add_parser("bench", help="speed figures against in-process references")
     bench.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")
