@@ -5,7 +5,6 @@ import urllib.request
 
 import pytest
 
-from harness.tracking import Tracker
 from harness import ui
 from conftest import ROOT, UiProcess, free_port, group_alive, run_cli
 
