@@ -18,10 +18,10 @@ SWEEP_ARGS := $(if $(TRIALS),--trials $(TRIALS)) $(if $(STUDY),--study $(STUDY))
 COMPARE_ARGS := $(if $(STUDY),--study $(STUDY)) $(if $(RUN),--run $(RUN)) $(if $(STEP),--step $(STEP))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep seeds compare ui test test-slow bench clean
+.PHONY: help install train sweep seeds compare ui test test-slow test-browser screenshots bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@echo "installing wine-init into $(VENV) (first time only: a minute or two)"
@@ -44,14 +44,20 @@ seeds: $(STAMP) ## train many seeds at once as one run (SEEDS_CONFIG=file.toml C
 compare: $(STAMP) ## report how the seed changes convergence (STUDY=name; CONFIG=experiments/seeds.toml: the latest scan; STEP=N)
 	$(PY) -m harness compare $(CONFIG) $(COMPARE_ARGS)
 
-ui: $(STAMP) ## open the MLflow UI over mlruns/ on http://127.0.0.1 (PORT=5000)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(PORT)
+ui: $(STAMP) ## the MLflow UI over mlruns/ on http://127.0.0.1 until Ctrl-C (PORT=5000, CONFIG=study file)
+	$(PY) -m harness ui $(CONFIG) --port $(PORT)
 
-test: $(STAMP) ## run the test suite, less the tests marked slow (CI runs both)
-	$(PY) -m pytest -q -m "not slow"
+test: $(STAMP) ## run the test suite, less the tests marked slow or browser (CI runs all three)
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 test-slow: $(STAMP) ## run only the slow tests (killed workers, Ctrl-C, parallel workers)
 	$(PY) -m pytest -q -m slow
+
+test-browser: $(STAMP) ## the UI in headless Debian chromium, driven by Playwright (screenshots in WINE_SCREENSHOTS=dir)
+	$(PY) -m pytest -q -m browser
+
+screenshots: $(STAMP) ## remake the README's UI screenshots in docs/ with the browser test
+	WINE_SCREENSHOTS=docs $(PY) -m pytest -q -m browser
 
 bench: $(STAMP) ## speed figures, each against a reference run in the same process
 	$(PY) -m harness bench

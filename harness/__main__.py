@@ -8,6 +8,8 @@ from pathlib import Path
 from harness.config import ConfigError
 from harness.signals import stop_on_first_interrupt
 
+DEFAULT_STUDY = "experiments/sweep.toml"  # the study `make sweep` runs, and `make ui` links to
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness import config
@@ -117,6 +119,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from harness import study_config, ui
+
+    ui.check_host(args.host, args.allow_remote)
+    path = args.experiment or (DEFAULT_STUDY if os.path.exists(DEFAULT_STUDY) else None)
+    experiment = study_config.load(path).base.experiment
+    return ui.serve(experiment, host=args.host, port=args.port)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from harness import bench
     return bench.main(args)
@@ -154,6 +165,13 @@ def parser() -> argparse.ArgumentParser:
     compare.add_argument("--min-trials", type=int, default=5, help="fewest values for a band's spread (default 5)")
     compare.add_argument("--out", help="folder for the report (default: mlruns/reports/<study or run name>)")
     compare.set_defaults(func=cmd_compare)
+
+    ui = sub.add_parser("ui", help="the MLflow UI over the tracking store, on 127.0.0.1 until Ctrl-C")
+    ui.add_argument("experiment", nargs="?", help=f"experiment TOML file whose MLflow experiment to link (default: {DEFAULT_STUDY})")
+    ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; only loopback addresses)")
+    ui.add_argument("--allow-remote", action="store_true", help="bind a non-loopback --host anyway (the UI has no login)")
+    ui.set_defaults(func=cmd_ui)
 
     bench = sub.add_parser("bench", help="speed figures against in-process references")
     bench.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")

@@ -33,6 +33,12 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def experiment_page(ui_base: str, experiment_id: str) -> str:
+    """An experiment's runs table in the UI. MLflow 3.17 opens an experiment on its GenAI
+    overview unless the URL asks for the model-training view; older UIs ignore the query."""
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -132,6 +138,11 @@ class Tracker:
         self.client = MlflowClient(self.uri)
         self.writer = Writer()
 
+    def find_experiment_id(self, name: str) -> str | None:
+        """The id of a live experiment, or None; creates nothing."""
+        experiment = self.client.get_experiment_by_name(name)
+        return experiment.experiment_id if experiment is not None and experiment.lifecycle_stage == "active" else None
+
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None and experiment.lifecycle_stage == "deleted":
@@ -204,7 +215,7 @@ class Tracker:
 
     def experiment_url(self, experiment: str, ui_base: str = "http://127.0.0.1:5000") -> str:
         base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else ui_base
-        return f"{base}/#/experiments/{self.experiment_id(experiment)}"
+        return experiment_page(base, self.experiment_id(experiment))
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)

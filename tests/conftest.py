@@ -1,7 +1,11 @@
 """Shared fixtures: a tiny CPU config and throwaway tracking stores."""
 
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -46,3 +50,75 @@ def run_cli(*args, env, timeout=300):
     import subprocess
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the OS picks it; the tiny race is fine for a test)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class UiProcess:
+    """`python -m harness ui` as a user runs it. Its output goes to a file, not a pipe, so a
+    chatty server can never block on a full pipe while the test looks elsewhere."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness", "ui", *args], cwd=ROOT, env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.server_group: int | None = None
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_for_line(self, start: str, timeout: float = 180) -> str:
+        """The first output line that starts with `start`; fails if the command exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.find_server()
+            for line in self.output().splitlines():
+                if line.startswith(start):
+                    return line
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ui exited with {self.proc.returncode} before printing {start!r}:\n{self.output()}")
+            time.sleep(0.3)
+        raise AssertionError(f"ui printed no line starting with {start!r} in {timeout} s:\n{self.output()}")
+
+    def find_server(self) -> None:
+        """Remember the server's process group (its pid: it leads its own group), to check and clean up."""
+        if self.server_group is None:
+            try:
+                children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            except OSError:
+                return
+            if children:
+                self.server_group = int(children[0])
+
+    def interrupt(self, timeout: float = 60) -> int:
+        """Ctrl-C, as the terminal sends it; returns the exit code."""
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        """Whatever happened in the test, leave no process behind."""
+        try:
+            if self.proc.poll() is None:
+                try:
+                    self.interrupt(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        finally:
+            if self.server_group is not None and group_alive(self.server_group):
+                os.killpg(self.server_group, signal.SIGKILL)
+            self.log.close()
