@@ -14,12 +14,17 @@ CONFIG ?= experiments/sweep.toml
 SEEDS_CONFIG ?= experiments/seeds.toml
 # sweep options, passed on only when set: make sweep TRIALS=5 STUDY=name WORKERS=2
 SWEEP_ARGS := $(if $(TRIALS),--trials $(TRIALS)) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
+# make services: where PostgreSQL and the MLflow server listen (BIND=0.0.0.0 or a private
+# address to let other machines in; see the README, "Running on several machines")
+BIND ?= 127.0.0.1
+PG_PORT ?= 5433
+MLFLOW_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep seeds ui test test-slow bench clean
+.PHONY: help install train sweep seeds ui test test-slow test-services bench services services-stop worker clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@echo "installing wine-init into $(VENV) (first time only: a minute or two)"
@@ -36,17 +41,31 @@ train: $(STAMP) ## train the lecture's network once (EXPERIMENT=file.toml, ARGS=
 sweep: $(STAMP) ## run or continue the Optuna study (CONFIG=file.toml TRIALS=N STUDY=name WORKERS=N)
 	$(PY) -m harness sweep $(CONFIG) $(SWEEP_ARGS)
 
+worker: $(STAMP) ## join a shared study: STORAGE=postgresql://... TRACKING=http://host:port STUDY=name TRIALS=N (in total)
+	OPTUNA_STORAGE='$(or $(STORAGE),$(error STORAGE=postgresql://user@host:port/optuna is needed))' \
+	MLFLOW_TRACKING_URI='$(or $(TRACKING),$(error TRACKING=http://host:port is needed))' \
+	$(PY) -m harness sweep $(CONFIG) --total $(or $(TRIALS),$(error TRIALS=N, the study's total, is needed)) $(if $(STUDY),--study $(STUDY))
+
+services: $(STAMP) ## start PostgreSQL and an MLflow tracking server here (BIND=127.0.0.1 PG_PORT=5433 MLFLOW_PORT=5001)
+	$(PY) -m harness services start --host $(BIND) --pg-port $(PG_PORT) --mlflow-port $(MLFLOW_PORT)
+
+services-stop: $(STAMP) ## stop what `make services` started (the data stay in mlruns/services/)
+	$(PY) -m harness services stop
+
 seeds: $(STAMP) ## train many seeds at once as one run (SEEDS_CONFIG=file.toml COUNT=N)
 	$(PY) -m harness seeds $(SEEDS_CONFIG) $(if $(COUNT),--count $(COUNT))
 
 ui: $(STAMP) ## open the MLflow UI over mlruns/ on http://127.0.0.1 (PORT=5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(PORT)
 
-test: $(STAMP) ## run the test suite, less the tests marked slow (CI runs both)
-	$(PY) -m pytest -q -m "not slow"
+test: $(STAMP) ## run the test suite, less the tests marked slow or services (CI runs all)
+	$(PY) -m pytest -q -m "not slow and not services"
 
 test-slow: $(STAMP) ## run only the slow tests (killed workers, Ctrl-C, parallel workers)
 	$(PY) -m pytest -q -m slow
+
+test-services: $(STAMP) ## the tests against a real PostgreSQL and MLflow server (PostgreSQL must be installed)
+	$(PY) -m pytest -q -m services
 
 bench: $(STAMP) ## speed figures, each against a reference run in the same process
 	$(PY) -m harness bench

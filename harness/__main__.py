@@ -79,6 +79,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def cmd_services(args: argparse.Namespace) -> int:
+    from harness.postgres import ServiceError
+    from harness.services import DEFAULT_ROOT, Services
+
+    try:
+        if args.action == "start":
+            services = Services(DEFAULT_ROOT, args.host, args.pg_port, args.mlflow_port)
+            services.start()
+            print(services.describe())
+        elif args.action == "stop":
+            Services.saved().stop()
+            print(f"stopped; the data stay in {DEFAULT_ROOT} for the next start")
+        else:
+            services = Services.saved()
+            up = {True: "running", False: "stopped"}
+            print(f"PostgreSQL  {up[services.cluster.running()]}\nMLflow      {up[services.mlflow.pid() is not None]}")
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -101,6 +123,13 @@ def parser() -> argparse.ArgumentParser:
     seeds.add_argument("--count", type=int, help="how many seeds (default: the file's seeds.count, else 1000)")
     seeds.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     seeds.set_defaults(func=cmd_seeds)
+
+    services = sub.add_parser("services", help="PostgreSQL and an MLflow tracking server on this machine")
+    services.add_argument("action", choices=["start", "stop", "status"])
+    services.add_argument("--host", default="127.0.0.1", help="address both servers listen on (default 127.0.0.1)")
+    services.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL's port (default 5433)")
+    services.add_argument("--mlflow-port", type=int, default=5001, help="the MLflow server's port (default 5001)")
+    services.set_defaults(func=cmd_services)
 
     bench = sub.add_parser("bench", help="speed figures against in-process references")
     bench.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")
