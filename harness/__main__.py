@@ -5,6 +5,7 @@ import os
 import sys
 
 from harness.config import ConfigError
+from harness.errors import ServiceError
 from harness.signals import stop_on_first_interrupt
 
 
@@ -26,7 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     reached = result.iterations_to_target
     print(f"iterations_to_target {reached}" if reached is not None
           else f"never reached train_accuracy {cfg.target_accuracy}")
-    print(f"open the UI: {tracker.ui_command()}")
+    print(f"open the UI: {tracker.ui_command() or tracker.uri}")
     return 0
 
 
@@ -39,9 +40,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     study = args.study or sweep.settings.study
     try:
-        summary = run_sweep(sweep, trials=args.trials, study_name=study, workers=args.workers)
+        summary = run_sweep(sweep, trials=args.trials, study_name=study, workers=args.workers, total=args.total)
     except KeyboardInterrupt:
-        if not args.set:
+        if args.total is not None:
+            again = "the same command (make worker ...)"
+        elif not args.set:
             again = f"make sweep STUDY={study}" + (f" CONFIG={args.experiment}" if args.experiment else " CONFIG=")
         else:
             python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
@@ -70,7 +73,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
               f"(median {summary['iterations_to_target_median']:.0f}, p10 {summary['iterations_to_target_p10']:.0f}, "
               f"p90 {summary['iterations_to_target_p90']:.0f}) depending only on the seed")
     print(f"{summary['reached']} of {scan.count} seeds reached the target, {summary['diverged']} diverged")
-    print(f"open the UI: {tracker.ui_command()}")
+    print(f"open the UI: {tracker.ui_command() or tracker.uri}")
     return 0
 
 
@@ -80,24 +83,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    from harness.postgres import ServiceError
     from harness.services import DEFAULT_ROOT, Services
 
-    try:
-        if args.action == "start":
-            services = Services(DEFAULT_ROOT, args.host, args.pg_port, args.mlflow_port)
-            services.start()
-            print(services.describe())
-        elif args.action == "stop":
-            Services.saved().stop()
-            print(f"stopped; the data stay in {DEFAULT_ROOT} for the next start")
-        else:
-            services = Services.saved()
-            up = {True: "running", False: "stopped"}
-            print(f"PostgreSQL  {up[services.cluster.running()]}\nMLflow      {up[services.mlflow.pid() is not None]}")
-    except ServiceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.action == "start":
+        services = Services(DEFAULT_ROOT, args.host, args.pg_port, args.mlflow_port)
+        services.start()
+        print(services.describe())
+    elif args.action == "stop":
+        Services.saved().stop()
+        print(f"stopped; the data stay in {DEFAULT_ROOT} for the next start")
+    else:
+        services = Services.saved()
+        up = {True: "running", False: "stopped"}
+        print(f"PostgreSQL  {up[services.cluster.running()]}\nMLflow      {up[services.mlflow.pid() is not None]}")
     return 0
 
 
@@ -112,7 +110,10 @@ def parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="run (or continue) an Optuna study; every trial is a nested MLflow run")
     sweep.add_argument("experiment", nargs="?", help="experiment TOML file with a [sweep] table")
-    sweep.add_argument("--trials", type=int, help="trials to add (default: the file's sweep.trials)")
+    budget = sweep.add_mutually_exclusive_group()
+    budget.add_argument("--trials", type=int, help="trials to add (default: the file's sweep.trials)")
+    budget.add_argument("--total", type=int, metavar="N", help="work on the study until it has N trials in all, "
+                       "with any other workers on it (what make worker runs); instead of --trials")
     sweep.add_argument("--study", help="study name (default: the file's sweep.study)")
     sweep.add_argument("--workers", type=int, help="parallel worker processes (default: the file's sweep.workers)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a fixed config key")
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,12 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import ServiceError
+
 ROLE = "wine"
 DATABASES = ("optuna", "mlflow")
-
-
-class ServiceError(RuntimeError):
-    """A service could not be installed, started or reached; the message says what to do."""
 
 
 def server_bin() -> Path | None:

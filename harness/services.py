@@ -19,7 +19,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.postgres import Cluster, ServiceError
+from harness.errors import ServiceError
+from harness.postgres import Cluster
 
 DEFAULT_ROOT = Path("mlruns/services")
 PASSWORD_ENV = "WINE_DB_PASSWORD"

@@ -4,6 +4,8 @@ Runs are always closed: FINISHED when the body returns, KILLED on Ctrl-C, FAILED
 exception, and only after every write they were given is in the store. Metrics are buffered and
 written with log_batch, at most 1000 values a call; batches and images are written by a
 background thread (MlflowClient with explicit run ids), so training does not wait for them.
+A tracking server (an http URI) is reached through harness/tracking_server.py: bounded retries,
+one clear line when it stays down.
 """
 
 import os
@@ -23,7 +25,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from harness.config import ConfigError
+from harness import tracking_server
 from harness.sqlite import tune_sqlite_connections
+from harness.tracking_server import TrackingUnavailable
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 BATCH_LIMIT = 1000  # MLflow's limit of metric values per log_batch call
@@ -129,8 +133,20 @@ class Tracker:
         if self.local_db:
             self.local_db.parent.mkdir(parents=True, exist_ok=True)
             tune_sqlite_connections()
-        self.client = MlflowClient(self.uri)
+        if self.is_server:
+            tracking_server.use_server_defaults()
+        self.client = tracking_server.ServerClient(MlflowClient(self.uri), self.uri)
         self.writer = Writer()
+
+    @property
+    def is_server(self) -> bool:
+        return self.uri.startswith(("http://", "https://"))
+
+    def check(self) -> None:
+        """Fail in one line, before anything is created, when no MLflow server answers at an
+        http URI (a local store is created on first use)."""
+        if self.is_server:
+            tracking_server.check(self.uri)
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -140,7 +156,13 @@ class Tracker:
             return experiment.experiment_id
         # a local store keeps its artifacts beside the database, under mlruns/
         location = (self.local_db.parent / "artifacts").resolve().as_uri() if self.local_db else None
-        return self.client.create_experiment(name, artifact_location=location)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as e:  # another machine created it meanwhile
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise e
+            return experiment.experiment_id
 
     def open_run(self, experiment: str, run_name: str, params: dict[str, object] | None = None,
                  tags: dict[str, object] | None = None, parent_run_id: str | None = None) -> RunLogger:
@@ -172,6 +194,8 @@ class Tracker:
         """End the run once its writes are in the store; FAILED if one of them failed."""
         try:
             logger.wait()
+        except TrackingUnavailable:
+            raise  # nothing more can be written; the run is closed like a dead worker's (study_storage)
         except BaseException:
             self.client.set_terminated(logger.run_id, "KILLED" if status == "KILLED" else "FAILED")
             raise
@@ -210,6 +234,9 @@ class Tracker:
         return self.client.get_run(run_id)
 
     def ui_command(self) -> str:
+        """How to start a UI over this store; nothing for a server, which serves its own."""
+        if self.is_server:
+            return ""
         return "make ui" if self.uri == DEFAULT_TRACKING_URI else f"mlflow ui --backend-store-uri {self.uri}"
 
 
