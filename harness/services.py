@@ -129,6 +129,7 @@ class Services:
     host: str = "127.0.0.1"
     pg_port: int = 5433
     mlflow_port: int = 5001
+    mlflow_workers: int = 2
 
     @property
     def cluster(self) -> Cluster:
@@ -136,14 +137,15 @@ class Services:
 
     @property
     def mlflow(self) -> MlflowServer:
-        return MlflowServer(self.root, self.cluster, self.mlflow_port, self.host)
+        return MlflowServer(self.root, self.cluster, self.mlflow_port, self.host, self.mlflow_workers)
 
     def start(self) -> None:
         password = db_password(self.root)
         self.cluster.ensure(password)
         self.mlflow.start(password)
         (self.root / "services.json").write_text(json.dumps(
-            {"host": self.host, "pg_port": self.pg_port, "mlflow_port": self.mlflow_port}) + "\n")
+            {"host": self.host, "pg_port": self.pg_port, "mlflow_port": self.mlflow_port,
+             "mlflow_workers": self.mlflow_workers}) + "\n")
 
     def stop(self) -> None:
         self.mlflow.stop()
