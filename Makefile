@@ -41,10 +41,10 @@ train: $(STAMP) ## train the lecture's network once (EXPERIMENT=file.toml, ARGS=
 sweep: $(STAMP) ## run or continue the Optuna study (CONFIG=file.toml TRIALS=N STUDY=name WORKERS=N)
 	$(PY) -m harness sweep $(CONFIG) $(SWEEP_ARGS)
 
-worker: $(STAMP) ## join a shared study: STORAGE=postgresql://... TRACKING=http://host:port STUDY=name TRIALS=N (in total)
+worker: $(STAMP) ## join a shared study: STORAGE=postgresql://... TRACKING=http://host:port STUDY=name TRIALS=N (in total) [WORKERS=N]
 	OPTUNA_STORAGE='$(or $(STORAGE),$(error STORAGE=postgresql://user@host:port/optuna is needed))' \
 	MLFLOW_TRACKING_URI='$(or $(TRACKING),$(error TRACKING=http://host:port is needed))' \
-	$(PY) -m harness sweep $(CONFIG) --total $(or $(TRIALS),$(error TRIALS=N, the study's total, is needed)) $(if $(STUDY),--study $(STUDY))
+	$(PY) -m harness sweep $(CONFIG) --total $(or $(TRIALS),$(error TRIALS=N, the study's total, is needed)) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
 
 services: $(STAMP) ## start PostgreSQL and an MLflow tracking server here (BIND=127.0.0.1 PG_PORT=5433 MLFLOW_PORT=5001)
 	$(PY) -m harness services start --host $(BIND) --pg-port $(PG_PORT) --mlflow-port $(MLFLOW_PORT)

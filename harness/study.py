@@ -57,6 +57,16 @@ def open_study(sweep: Sweep, study_name: str, storage_url: str, tracker: Tracker
     return study, storage, parent
 
 
+def close_stray_runs(study: optuna.Study, tracker: Tracker, parent_run_id: str) -> None:
+    """End FAILED the child runs still RUNNING whose trial is finished: no worker will close them.
+    A server that crashed after creating a run but before answering gets the request again and
+    makes a second run; a dead worker's run stays open when the server was down as it was failed."""
+    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    for run_id, number in tracker.running_children(parent_run_id).items():
+        if number.isdigit() and int(number) in finished:
+            tracker.end_run(run_id, "FAILED", {"failure": "left running by a lost server answer or a dead worker"})
+
+
 def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = None,
               workers: int | None = None, progress: bool = True, total: int | None = None) -> SweepSummary:
     """Add `trials` trials to the study (created if new), or with `total`, work on it until it
@@ -109,6 +119,8 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
             pool.cancel()  # releases workers still waiting for a job
         if parent is not None and status is not None:
             try:
+                if status == "FINISHED":
+                    close_stray_runs(study, tracker, parent.run_id)
                 summary = summarize(study, settings.objectives, parent, tracker.experiment_url(sweep.base.experiment),
                                     tracker.ui_command(), with_figures=status == "FINISHED")
             finally:

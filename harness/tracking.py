@@ -9,9 +9,7 @@ one clear line when it stays down.
 """
 
 import os
-import queue
 import subprocess
-import threading
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -24,10 +22,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
-from harness.config import ConfigError
 from harness import tracking_server
+from harness.config import ConfigError
 from harness.sqlite import tune_sqlite_connections
 from harness.tracking_server import TrackingUnavailable
+from harness.writer import Writer
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 BATCH_LIMIT = 1000  # MLflow's limit of metric values per log_batch call
@@ -48,39 +47,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-class Writer:
-    """A background thread that does the slow writes (metric batches, images) in order, so
-    training goes on meanwhile. `drain` waits for them and raises the first error they hit."""
-
-    def __init__(self, max_pending: int = 64):
-        self.queue: queue.Queue = queue.Queue(maxsize=max_pending)  # bounds the memory held
-        self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
-
-    def submit(self, fn, *args) -> None:
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._loop, daemon=True, name="mlflow-writer")
-            self.thread.start()
-        self.queue.put((fn, args))
-
-    def _loop(self) -> None:
-        while True:
-            fn, args = self.queue.get()
-            try:
-                if self.error is None:
-                    fn(*args)
-            except BaseException as e:  # kept for drain() to raise in the caller's thread
-                self.error = e
-            finally:
-                self.queue.task_done()
-
-    def drain(self) -> None:
-        self.queue.join()
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
 
 
 class RunLogger:
@@ -225,6 +191,13 @@ class Tracker:
         if tags:
             self.set_tags(run_id, tags)
         self.client.set_terminated(run_id, status)
+
+    def running_children(self, parent_run_id: str) -> dict[str, str]:
+        """The parent's child runs still RUNNING: run id -> their `optuna.trial_number` tag."""
+        experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        runs = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                       "and attributes.status = 'RUNNING'", max_results=1000)
+        return {r.info.run_id: r.data.tags.get("optuna.trial_number", "") for r in runs}
 
     def experiment_url(self, experiment: str, ui_base: str = "http://127.0.0.1:5000") -> str:
         base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else ui_base
