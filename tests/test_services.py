@@ -13,11 +13,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from harness.services import Services
 from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
+from harness.tracking import Tracker
 from conftest import ROOT
 from test_tracking import METRICS, image_steps
 
@@ -138,10 +140,10 @@ def check_study(env, study, total, iterations, plot_every):
 
 def test_three_workers_share_one_study_and_stop_at_exactly_the_total(tmp_path, services):
     env = worker_env(services)
-    workers = start_workers(tmp_path, env, "three", total=6, count=3)
+    workers = start_workers(tmp_path, env, "three", total=6, count=3, iterations=100, plot_every=20)
     for code, err in finish(workers):
         assert code == 0, err
-    trials, _ = check_study(env, "three", total=6, iterations=30, plot_every=10)
+    trials, _ = check_study(env, "three", total=6, iterations=100, plot_every=20)
     assert sorted(t.number for t in trials) == [0, 1, 2, 3, 4, 5]
     assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the workers did share it
 
@@ -179,6 +181,37 @@ def test_workers_ride_out_a_tracking_server_restart(tmp_path, services):
         assert code == 0, err
     trials, _ = check_study(env, "restart", total=5, iterations=600, plot_every=200)
     assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_the_study_lock_is_held_in_postgresql_for_every_machine(services):
+    from harness.study_config import SweepConfig
+    from harness.study_storage import lock_key, open_storage, study_lock
+
+    storage = open_storage(services.cluster.url("optuna"), SweepConfig(), services.mlflow.url)
+    other = sqlalchemy.create_engine(services.cluster.url("optuna"))  # as another machine would connect
+
+    def try_lock(name):
+        with other.connect() as connection, connection.begin():
+            return connection.execute(sqlalchemy.text("SELECT pg_try_advisory_xact_lock(:k)"),
+                                      {"k": lock_key(name)}).scalar()
+
+    with study_lock(storage, "locked"):
+        assert try_lock("locked") is False
+        assert try_lock("another study") is True
+    assert try_lock("locked") is True
+    other.dispose()
+
+
+def test_a_write_sent_again_after_a_lost_answer_is_stored_once(services):
+    from mlflow.entities import Metric
+
+    tracker = Tracker(services.mlflow.url)
+    with tracker.run("resent", "resent") as logger:
+        batch = [Metric("train_loss", 0.5, 1700000000000, step) for step in range(3)]
+        tracker.client.log_batch(logger.run_id, metrics=batch)
+        tracker.client.log_batch(logger.run_id, metrics=batch)  # what a retry after a lost answer sends
+    history = MlflowClient(services.mlflow.url).get_metric_history(logger.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("case", ["password", "postgres port", "tracking url"])
