@@ -74,6 +74,27 @@ def connect_error(error: Exception) -> str:
     return first.split("failed: ")[-1].replace("FATAL:", "").strip()
 
 
+def lock_key(name: str, kind: str = "study") -> int:
+    """A signed 64-bit key for pg_advisory_xact_lock, the same on every machine."""
+    return int.from_bytes(hashlib.sha1(f"wine-init {kind} {name}".encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def tables_lock(url: str, engine_kwargs: dict) -> Iterator[None]:
+    """One worker at a time past Optuna's table creation: workers that open a new PostgreSQL
+    database together would all create the tables at once and collide."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key("", "tables")})
+            yield
+    finally:
+        engine.dispose()
+
+
 def open_storage(url: str, settings: SweepConfig, tracking_uri: str) -> RDBStorage:
     """The study's storage; a wrong URL or password fails here in one line, before any trial."""
     engine_kwargs = {}
@@ -86,18 +107,16 @@ def open_storage(url: str, settings: SweepConfig, tracking_uri: str) -> RDBStora
         # is replaced before use instead of failing a write
         engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs,
-                          heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period,
-                          heartbeat_stale_trial_callback=CloseDeadTrial(tracking_uri, settings.max_retry))
+        with tables_lock(url, engine_kwargs):
+            return RDBStorage(url, engine_kwargs=engine_kwargs,
+                              heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period,
+                              heartbeat_stale_trial_callback=CloseDeadTrial(tracking_uri, settings.max_retry))
     except (sqlalchemy.exc.ArgumentError, ImportError, ValueError) as e:
         raise ConfigError(f"OPTUNA_STORAGE: not a database URL Optuna can use: {masked(url)} ({e})") from None
     except sqlalchemy.exc.OperationalError as e:
         raise ConfigError(f"OPTUNA_STORAGE: cannot connect to {masked(url)}: {connect_error(e)}") from None
 
 
-def lock_key(study_name: str) -> int:
-    """A signed 64-bit key for pg_advisory_xact_lock, the same on every machine."""
-    return int.from_bytes(hashlib.sha1(f"wine-init study {study_name}".encode()).digest()[:8], "big", signed=True)
 
 
 @contextmanager

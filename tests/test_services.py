@@ -202,6 +202,21 @@ def test_the_study_lock_is_held_in_postgresql_for_every_machine(services):
     other.dispose()
 
 
+def test_workers_opening_a_new_database_together_create_the_tables_once(services):
+    import psycopg
+    from concurrent.futures import ThreadPoolExecutor
+    from harness.study_config import SweepConfig
+    from harness.study_storage import open_storage
+
+    with psycopg.connect(host="127.0.0.1", port=services.pg_port, user="wine", dbname="postgres",
+                         password=password(services), autocommit=True) as connection:
+        connection.execute("CREATE DATABASE fresh OWNER wine")
+    url = services.cluster.url("fresh")
+    with ThreadPoolExecutor(6) as pool:
+        storages = list(pool.map(lambda _: open_storage(url, SweepConfig(), services.mlflow.url), range(6)))
+    assert len(storages) == 6
+
+
 def test_a_write_sent_again_after_a_lost_answer_is_stored_once(services):
     from mlflow.entities import Metric
 
