@@ -117,8 +117,6 @@ def open_storage(url: str, settings: SweepConfig, tracking_uri: str) -> RDBStora
         raise ConfigError(f"OPTUNA_STORAGE: cannot connect to {masked(url)}: {connect_error(e)}") from None
 
 
-
-
 @contextmanager
 def study_lock(storage: RDBStorage, study_name: str) -> Iterator[None]:
     """Serialize "count the trials, then ask for one" (and a study's creation) among its workers."""
