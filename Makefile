@@ -16,12 +16,17 @@ SEEDS_CONFIG ?= experiments/seeds.toml
 SWEEP_ARGS := $(if $(TRIALS),--trials $(TRIALS)) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
 # compare options: make compare STUDY=name STEP=60 RUN=<seed scan run id>
 COMPARE_ARGS := $(if $(STUDY),--study $(STUDY)) $(if $(RUN),--run $(RUN)) $(if $(STEP),--step $(STEP))
+# make services: where PostgreSQL and the MLflow server listen (BIND=0.0.0.0 or a private
+# address to let other machines in; see the README, "Running on several machines")
+BIND ?= 127.0.0.1
+PG_PORT ?= 5433
+MLFLOW_PORT ?= 5001
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep seeds compare ui test test-slow test-browser screenshots bench clean
+.PHONY: help install train sweep seeds compare ui test test-slow test-browser test-services screenshots bench services services-stop worker clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@echo "installing wine-init into $(VENV) (first time only: a minute or two)"
@@ -38,6 +43,17 @@ train: $(STAMP) ## train the lecture's network once (EXPERIMENT=file.toml, ARGS=
 sweep: $(STAMP) ## run or continue the Optuna study (CONFIG=file.toml TRIALS=N STUDY=name WORKERS=N)
 	$(PY) -m harness sweep $(CONFIG) $(SWEEP_ARGS)
 
+worker: $(STAMP) ## join a shared study: STORAGE=postgresql://... TRACKING=http://host:port STUDY=name TRIALS=N (in total) [WORKERS=N]
+	OPTUNA_STORAGE='$(or $(STORAGE),$(error STORAGE=postgresql://user@host:port/optuna is needed))' \
+	MLFLOW_TRACKING_URI='$(or $(TRACKING),$(error TRACKING=http://host:port is needed))' \
+	$(PY) -m harness sweep $(CONFIG) --total $(or $(TRIALS),$(error TRIALS=N, the study's total, is needed)) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
+
+services: $(STAMP) ## start PostgreSQL and an MLflow tracking server here (BIND=127.0.0.1 PG_PORT=5433 MLFLOW_PORT=5001)
+	$(PY) -m harness services start --host $(BIND) --pg-port $(PG_PORT) --mlflow-port $(MLFLOW_PORT)
+
+services-stop: $(STAMP) ## stop what `make services` started (the data stay in mlruns/services/)
+	$(PY) -m harness services stop
+
 seeds: $(STAMP) ## train many seeds at once as one run (SEEDS_CONFIG=file.toml COUNT=N)
 	$(PY) -m harness seeds $(SEEDS_CONFIG) $(if $(COUNT),--count $(COUNT))
 
@@ -47,8 +63,8 @@ compare: $(STAMP) ## report how the seed changes convergence (STUDY=name; CONFIG
 ui: $(STAMP) ## the MLflow UI over mlruns/ on http://127.0.0.1 until Ctrl-C (PORT=5000, CONFIG=study file)
 	$(PY) -m harness ui $(CONFIG) --port $(PORT)
 
-test: $(STAMP) ## run the test suite, less the tests marked slow or browser (CI runs all three)
-	$(PY) -m pytest -q -m "not slow and not browser"
+test: $(STAMP) ## run the test suite, less the tests marked slow, browser or services (CI runs them all)
+	$(PY) -m pytest -q -m "not slow and not browser and not services"
 
 test-slow: $(STAMP) ## run only the slow tests (killed workers, Ctrl-C, parallel workers)
 	$(PY) -m pytest -q -m slow
@@ -58,6 +74,9 @@ test-browser: $(STAMP) ## the UI in headless Debian chromium, driven by Playwrig
 
 screenshots: $(STAMP) ## remake the README's UI screenshots in docs/ with the browser test
 	WINE_SCREENSHOTS=docs $(PY) -m pytest -q -m browser
+
+test-services: $(STAMP) ## the tests against a real PostgreSQL and MLflow server (PostgreSQL must be installed)
+	$(PY) -m pytest -q -m services
 
 bench: $(STAMP) ## speed figures, each against a reference run in the same process
 	$(PY) -m harness bench

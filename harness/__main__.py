@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from harness.config import ConfigError
+from harness.errors import ServiceError
 from harness.signals import stop_on_first_interrupt
 
 DEFAULT_STUDY = "experiments/sweep.toml"  # the study `make sweep` runs, and `make ui` links to
@@ -29,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     reached = result.iterations_to_target
     print(f"iterations_to_target {reached}" if reached is not None
           else f"never reached train_accuracy {cfg.target_accuracy}")
-    print(f"open the UI: {tracker.ui_command()}")
+    print(f"open the UI: {tracker.ui_command() or tracker.uri}")
     return 0
 
 
@@ -42,9 +43,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     study = args.study or sweep.settings.study
     try:
-        summary = run_sweep(sweep, trials=args.trials, study_name=study, workers=args.workers)
+        summary = run_sweep(sweep, trials=args.trials, study_name=study, workers=args.workers, total=args.total)
     except KeyboardInterrupt:
-        if not args.set:
+        if args.total is not None:
+            again = "the same command (make worker ...)"
+        elif not args.set:
             again = f"make sweep STUDY={study}" + (f" CONFIG={args.experiment}" if args.experiment else " CONFIG=")
         else:
             python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
@@ -73,7 +76,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
               f"(median {summary['iterations_to_target_median']:.0f}, p10 {summary['iterations_to_target_p10']:.0f}, "
               f"p90 {summary['iterations_to_target_p90']:.0f}) depending only on the seed")
     print(f"{summary['reached']} of {scan.count} seeds reached the target, {summary['diverged']} diverged")
-    print(f"open the UI: {tracker.ui_command()}")
+    print(f"open the UI: {tracker.ui_command() or tracker.uri}")
     return 0
 
 
@@ -133,6 +136,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
+def cmd_services(args: argparse.Namespace) -> int:
+    from harness.services import DEFAULT_ROOT, Services
+
+    if args.action == "start":
+        services = Services(DEFAULT_ROOT, args.host, args.pg_port, args.mlflow_port)
+        services.start()
+        print(services.describe())
+    elif args.action == "stop":
+        Services.saved().stop()
+        print(f"stopped; the data stay in {DEFAULT_ROOT} for the next start")
+    else:
+        services = Services.saved()
+        up = {True: "running", False: "stopped"}
+        print(f"PostgreSQL  {up[services.cluster.running()]}\nMLflow      {up[services.mlflow.pid() is not None]}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,7 +164,10 @@ def parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="run (or continue) an Optuna study; every trial is a nested MLflow run")
     sweep.add_argument("experiment", nargs="?", help="experiment TOML file with a [sweep] table")
-    sweep.add_argument("--trials", type=int, help="trials to add (default: the file's sweep.trials)")
+    budget = sweep.add_mutually_exclusive_group()
+    budget.add_argument("--trials", type=int, help="trials to add (default: the file's sweep.trials)")
+    budget.add_argument("--total", type=int, metavar="N", help="work on the study until it has N trials in all, "
+                       "with any other workers on it (what make worker runs); instead of --trials")
     sweep.add_argument("--study", help="study name (default: the file's sweep.study)")
     sweep.add_argument("--workers", type=int, help="parallel worker processes (default: the file's sweep.workers)")
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a fixed config key")
@@ -173,6 +196,13 @@ def parser() -> argparse.ArgumentParser:
     ui.add_argument("--allow-remote", action="store_true", help="bind a non-loopback --host anyway (the UI has no login)")
     ui.set_defaults(func=cmd_ui)
 
+    services = sub.add_parser("services", help="PostgreSQL and an MLflow tracking server on this machine")
+    services.add_argument("action", choices=["start", "stop", "status"])
+    services.add_argument("--host", default="127.0.0.1", help="address both servers listen on (default 127.0.0.1)")
+    services.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL's port (default 5433)")
+    services.add_argument("--mlflow-port", type=int, default=5001, help="the MLflow server's port (default 5001)")
+    services.set_defaults(func=cmd_services)
+
     bench = sub.add_parser("bench", help="speed figures against in-process references")
     bench.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")
     bench.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
@@ -189,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,10 +1,22 @@
-"""Run or continue a study: its parent MLflow run, its trial budget, its workers, its summary."""
+"""Run or continue a study: its parent MLflow run, its trial budget, its workers, its summary.
+
+Several workers, on one machine or many, can run the same study at once. The parent run is
+created once, under the study's lock, and each worker marks it RUNNING when it starts and ends
+it FINISHED (after writing the summary) when it stops; with a total budget (`make worker`) a
+worker stops only once no trial of the study is running anywhere, so the last one to stop
+leaves the parent FINISHED with the final summary.
+"""
+
+import os
+import socket
+import zlib
 
 import optuna
 from tqdm import tqdm
 
 from harness import study_storage
 from harness.config import ConfigError
+from harness.errors import ServiceError
 from harness.runtime import resolve_device
 from harness.study_config import Sweep
 from harness.study_storage import PARENT_RUN_ATTR
@@ -25,29 +37,44 @@ def sweep_params(sweep: Sweep) -> dict[str, object]:
 
 
 def open_study(sweep: Sweep, study_name: str, storage_url: str, tracker: Tracker):
-    """Create the study and its parent run, or load both to continue them."""
+    """Create the study and its parent run, or load both to continue them. Under the study's lock:
+    workers starting together on several machines make one parent run."""
     settings = sweep.settings
     storage = study_storage.open_storage(storage_url, settings, tracker.uri)
-    study = optuna.create_study(study_name=study_name, storage=storage, directions=settings.directions,
-                                load_if_exists=True)
-    have = [d.name.lower() for d in study.directions]
-    if have != settings.directions:
-        raise ConfigError(f"sweep.objective: study '{study_name}' was created to {', '.join(have)}; "
-                          f"this file asks to {', '.join(settings.directions)}: choose another study name")
-    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
-    parent = tracker.resume_run(run_id) if run_id else None
-    if parent is None:
-        parent = tracker.open_run(sweep.base.experiment, study_name, params=sweep_params(sweep),
-                                  tags={"optuna.study_name": study_name})
-        study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
-    return study, parent
+    with study_storage.study_lock(storage, study_name):
+        study = optuna.create_study(study_name=study_name, storage=storage, directions=settings.directions,
+                                    load_if_exists=True)
+        have = [d.name.lower() for d in study.directions]
+        if have != settings.directions:
+            raise ConfigError(f"sweep.objective: study '{study_name}' was created to {', '.join(have)}; "
+                              f"this file asks to {', '.join(settings.directions)}: choose another study name")
+        run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+        parent = tracker.resume_run(run_id) if run_id else None
+        if parent is None:
+            parent = tracker.open_run(sweep.base.experiment, study_name, params=sweep_params(sweep),
+                                      tags={"optuna.study_name": study_name})
+            study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
+    return study, storage, parent
+
+
+def close_stray_runs(study: optuna.Study, tracker: Tracker, parent_run_id: str) -> None:
+    """End FAILED the child runs still RUNNING whose trial is finished: no worker will close them.
+    A server that crashed after creating a run but before answering gets the request again and
+    makes a second run; a dead worker's run stays open when the server was down as it was failed."""
+    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    for run_id, number in tracker.running_children(parent_run_id).items():
+        if number.isdigit() and int(number) in finished:
+            tracker.end_run(run_id, "FAILED", {"failure": "left running by a lost server answer or a dead worker"})
 
 
 def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = None,
-              workers: int | None = None, progress: bool = True) -> SweepSummary:
-    """Add `trials` trials to the study (created if new) and return its summary."""
+              workers: int | None = None, progress: bool = True, total: int | None = None) -> SweepSummary:
+    """Add `trials` trials to the study (created if new), or with `total`, work on it until it
+    has that many in all, and return its summary."""
     settings = sweep.settings
     trials = settings.trials if trials is None else trials
+    if total is not None and total < 0:
+        raise ConfigError(f"total: must be >= 0, got {total}")
     study_name = study_name or settings.study
     workers = settings.workers if workers is None else workers
     if trials < 0:
@@ -60,17 +87,22 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
     try:
         resolve_device(sweep.base.device)  # an unavailable device fails here, before any trial
         tracker = Tracker(tracking_uri())
+        tracker.check()  # a wrong tracking URL fails here, in one line; a wrong storage URL just below
         storage_url = study_storage.storage_url()
-        study, parent = open_study(sweep, study_name, storage_url, tracker)
-        with study_storage.budget_lock(storage_url):
+        study, storage, parent = open_study(sweep, study_name, storage_url, tracker)
+        with study_storage.study_lock(storage, study_name):
             optuna.storages.fail_stale_trials(study)
             existing = study.get_trials(deepcopy=False)
-            target = study_storage.budget_count(existing) + trials
-        # a fresh sampler seed per worker and per continuation, all derived from sampler_seed
+            counted = study_storage.budget_count(existing)
+        target = total if total is not None else counted + trials
+        # a fresh sampler seed per worker and per continuation, all derived from sampler_seed; workers
+        # joining a shared study together on several machines would otherwise draw the same points
+        shared = zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) if total is not None else 0
         jobs = [Job(sweep, study_name, storage_url, tracker.uri, parent.run_id, target,
-                    sampler_seed=(settings.sampler_seed + 7919 * len(existing) + i) % 2**32)
+                    sampler_seed=(settings.sampler_seed + 7919 * len(existing) + shared + i) % 2**32,
+                    wait_for_others=total is not None)
                 for i in range(workers)]
-        with tqdm(total=trials, desc=f"study {study_name}", unit="trial", disable=not progress) as bar:
+        with tqdm(total=max(target - counted, 0), desc=f"study {study_name}", unit="trial", disable=not progress) as bar:
             if pool:
                 pool.run(jobs, study, bar)
             else:
@@ -79,11 +111,16 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
     except KeyboardInterrupt:
         status = "KILLED"
         raise
+    except ServiceError:
+        status = None  # the tracking server is gone: the parent stays as it is for the next worker
+        raise
     finally:
         if pool:
             pool.cancel()  # releases workers still waiting for a job
-        if parent is not None:
+        if parent is not None and status is not None:
             try:
+                if status == "FINISHED":
+                    close_stray_runs(study, tracker, parent.run_id)
                 summary = summarize(study, settings.objectives, parent, tracker.experiment_url(sweep.base.experiment),
                                     tracker.ui_command(), with_figures=status == "FINISHED")
             finally:

@@ -4,6 +4,10 @@ Trials are claimed with `study.ask()` under a lock, after checking the budget, s
 of workers add exactly the requested number of trials. A trial whose worker died (no heartbeat
 for `grace_period` seconds) is failed, its MLflow run is closed FAILED, and a retry with the
 same parameters is queued; the retry takes the dead trial's place in the budget.
+
+The lock is PostgreSQL's own (an advisory lock keyed on the study's name) when the study is
+there, so it holds across machines; on SQLite, whose file only one machine can share, it is a
+file lock beside the database.
 """
 
 import fcntl
@@ -17,9 +21,11 @@ from pathlib import Path
 from typing import Iterator
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.config import ConfigError
 from harness.sqlite import tune_sqlite_connections
 from harness.study_config import SweepConfig
 from harness.tracking import Tracker
@@ -55,23 +61,76 @@ class CloseDeadTrial:
         self.retry(study, trial)
 
 
+def masked(url: str) -> str:
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return "(not a database URL)"
+
+
+def connect_error(error: Exception) -> str:
+    """The driver's reason, without its preamble: 'password authentication failed for user "x"'."""
+    first = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    return first.split("failed: ")[-1].replace("FATAL:", "").strip()
+
+
+def lock_key(name: str, kind: str = "study") -> int:
+    """A signed 64-bit key for pg_advisory_xact_lock, the same on every machine."""
+    return int.from_bytes(hashlib.sha1(f"wine-init {kind} {name}".encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def tables_lock(url: str, engine_kwargs: dict) -> Iterator[None]:
+    """One worker at a time past Optuna's table creation: workers that open a new PostgreSQL
+    database together would all create the tables at once and collide."""
+    if not url.startswith("postgresql"):
+        yield
+        return
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key("", "tables")})
+            yield
+    finally:
+        engine.dispose()
+
+
 def open_storage(url: str, settings: SweepConfig, tracking_uri: str) -> RDBStorage:
+    """The study's storage; a wrong URL or password fails here in one line, before any trial."""
     engine_kwargs = {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers write to one file
         tune_sqlite_connections()
-    return RDBStorage(url, engine_kwargs=engine_kwargs,
-                      heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period,
-                      heartbeat_stale_trial_callback=CloseDeadTrial(tracking_uri, settings.max_retry))
+    elif url.startswith("postgresql"):
+        # a firewalled host fails in 10 s, not minutes; a connection the server dropped (a restart)
+        # is replaced before use instead of failing a write
+        engine_kwargs = {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    try:
+        with tables_lock(url, engine_kwargs):
+            return RDBStorage(url, engine_kwargs=engine_kwargs,
+                              heartbeat_interval=settings.heartbeat_interval, grace_period=settings.grace_period,
+                              heartbeat_stale_trial_callback=CloseDeadTrial(tracking_uri, settings.max_retry))
+    except (sqlalchemy.exc.ArgumentError, ImportError, ValueError) as e:
+        raise ConfigError(f"OPTUNA_STORAGE: not a database URL Optuna can use: {masked(url)} ({e})") from None
+    except sqlalchemy.exc.OperationalError as e:
+        raise ConfigError(f"OPTUNA_STORAGE: cannot connect to {masked(url)}: {connect_error(e)}") from None
 
 
 @contextmanager
-def budget_lock(url: str) -> Iterator[None]:
-    """Serialize "count the trials, then ask for one" across the processes of this machine."""
+def study_lock(storage: RDBStorage, study_name: str) -> Iterator[None]:
+    """Serialize "count the trials, then ask for one" (and a study's creation) among its workers."""
+    if storage.engine.dialect.name == "postgresql":
+        # held by a transaction of its own: committing (or the server noticing a dead worker's
+        # connection) releases it
+        with storage.engine.connect() as connection, connection.begin():
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(study_name)})
+            yield
+        return
+    url = storage.url
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///") + ".lock")
-    else:
+    else:  # another database: this machine's processes only
         path = Path("mlruns") / f".optuna-{hashlib.sha1(url.encode()).hexdigest()[:12]}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
@@ -88,11 +147,15 @@ def budget_count(trials: list[FrozenTrial]) -> int:
     return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
 
 
-def claim_trials(study: optuna.Study, storage: RDBStorage, target: int, lock_url: str,
-                 most: int = 1) -> list[optuna.Trial]:
+def others_running(study: optuna.Study) -> bool:
+    """Whether a trial is still running somewhere; its worker may yet die and need a retry."""
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
+
+
+def claim_trials(study: optuna.Study, storage: RDBStorage, target: int, most: int = 1) -> list[optuna.Trial]:
     """Up to `most` trials to run (queued retries first); none once the budget is reached."""
     claimed = []
-    with budget_lock(lock_url):
+    with study_lock(storage, study.study_name):
         fail_stale_trials(study)
         while len(claimed) < most:
             trials = study.get_trials(deepcopy=False)

@@ -5,7 +5,10 @@ The objective is Optuna's usual shape: suggest the parameters, call the same tra
 in this process or in others, claim trials from the shared study until the budget is spent.
 """
 
+import os
+import socket
 import sys
+import time
 from dataclasses import dataclass
 
 import optuna
@@ -16,6 +19,7 @@ from harness import study_storage
 from harness.batched import train_batch
 from harness.boundary import title_text
 from harness.config import TrainConfig
+from harness.errors import ServiceError
 from harness.experiment import Workspace, record_trained_run, run_training
 from harness.study_config import PRUNERS, Sweep, SweepConfig
 from harness.study_storage import RUN_ID_ATTR
@@ -79,6 +83,8 @@ class Job:
     parent_run_id: str
     target: int
     sampler_seed: int
+    wait_for_others: bool = False
+    """with a total budget: stay until no trial runs anywhere, to retry those of workers that die"""
 
 
 def state_of(result: TrainResult) -> str:
@@ -103,9 +109,14 @@ def fail(trial: optuna.Trial, tracker: Tracker, run_id: str | None) -> None:
     trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def suggest_config(trial: optuna.Trial, job: Job) -> TrainConfig:
     values = {name: param.suggest(trial) for name, param in job.sweep.settings.space.items()}
     trial.set_user_attr("sampler_seed", job.sampler_seed)
+    trial.set_user_attr("worker", worker_name())
     return job.sweep.trial_config(values)
 
 
@@ -117,7 +128,8 @@ def trial_run(job: Job, trial: optuna.Trial, run_ids: list[str]) -> dict[str, ob
         trial.set_user_attr(RUN_ID_ATTR, run_id)
 
     return {"run_name": f"trial-{trial.number}", "parent_run_id": job.parent_run_id,
-            "tags": {"optuna.study_name": job.study_name, "optuna.trial_number": trial.number},
+            "tags": {"optuna.study_name": job.study_name, "optuna.trial_number": trial.number,
+                     "worker": worker_name()},
             "on_start": on_start, "end_tags": lambda result: {"optuna.trial_state": state_of(result)}}
 
 
@@ -131,6 +143,8 @@ def run_trial(trial: optuna.Trial, job: Job, tracker: Tracker, workspace: Worksp
             cfg, tracker, workspace,
             callbacks=ReportToTrial(trial, intermediate_metric(job.sweep.settings), cfg.plot_every),
             **trial_run(job, trial, run_ids))
+    except ServiceError:
+        raise  # the tracking server is gone: the trial is left to the heartbeat check, as a dead worker's
     except BaseException:
         fail(trial, tracker, run_ids[0] if run_ids else None)
         raise
@@ -173,12 +187,16 @@ def run_trial_batch(trials: list[optuna.Trial], job: Job, tracker: Tracker, work
                 try:
                     record_trained_run(cfg, tracker, workspace.device, result, images[i],
                                        **trial_run(job, trial, run_ids))
+                except ServiceError:
+                    raise
                 except BaseException:
                     told.add(i)
                     fail(trial, tracker, run_ids[0] if run_ids else None)
                     raise
                 tell(trial, job, result)
                 told.add(i)
+    except ServiceError:
+        raise  # as in run_trial: the heartbeat check fails and retries the batch's trials
     except BaseException:
         for i, trial in enumerate(trials):
             if i not in told:
@@ -204,14 +222,20 @@ def work(job: Job, on_trial_done=None) -> None:
     tracker = Tracker(job.tracking_uri)
     workspace = None
     batch_size = job.sweep.settings.batch_size
-    while trials := study_storage.claim_trials(study, storage, job.target, job.storage_url, batch_size):
+    while True:
+        trials = study_storage.claim_trials(study, storage, job.target, batch_size)
+        if not trials:
+            if job.wait_for_others and study_storage.others_running(study):
+                time.sleep(job.sweep.settings.heartbeat_interval)  # a dead worker's trial comes back as a retry
+                continue
+            return
         with study_storage.heartbeat(storage, [t._trial_id for t in trials], job.sweep.settings.heartbeat_interval):
             try:
                 if batch_size == 1:
                     workspace = run_trial(trials[0], job, tracker, workspace)
                 else:
                     workspace = run_trial_batch(trials, job, tracker, workspace)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, ServiceError):
                 raise
             except Exception as e:  # the trial is FAILED on both sides; the sweep goes on
                 numbers = ", ".join(str(t.number) for t in trials)

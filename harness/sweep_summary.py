@@ -104,5 +104,6 @@ def format_table(summary: SweepSummary) -> str:
     out = [f"study '{summary.study_name}': {directions}", f"trials: {counts}", "", f"{title}:"]
     out += [line(header), *(line(r) for r in rows)] if rows else ["  (no complete trial yet)"]
     out += ["", f"MLflow parent run {summary.parent_run_id}",
-            f"open the UI: {summary.ui_command}, then {summary.experiment_url}"]
+            f"open the UI: {summary.ui_command}, then {summary.experiment_url}" if summary.ui_command
+            else f"open the UI: {summary.experiment_url}"]
     return "\n".join(out)

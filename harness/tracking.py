@@ -4,12 +4,12 @@ Runs are always closed: FINISHED when the body returns, KILLED on Ctrl-C, FAILED
 exception, and only after every write they were given is in the store. Metrics are buffered and
 written with log_batch, at most 1000 values a call; batches and images are written by a
 background thread (MlflowClient with explicit run ids), so training does not wait for them.
+A tracking server (an http URI) is reached through harness/tracking_server.py: bounded retries,
+one clear line when it stays down.
 """
 
 import os
-import queue
 import subprocess
-import threading
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -22,8 +22,11 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
+from harness import tracking_server
 from harness.config import ConfigError
 from harness.sqlite import tune_sqlite_connections
+from harness.tracking_server import TrackingUnavailable
+from harness.writer import Writer
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 BATCH_LIMIT = 1000  # MLflow's limit of metric values per log_batch call
@@ -50,39 +53,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-class Writer:
-    """A background thread that does the slow writes (metric batches, images) in order, so
-    training goes on meanwhile. `drain` waits for them and raises the first error they hit."""
-
-    def __init__(self, max_pending: int = 64):
-        self.queue: queue.Queue = queue.Queue(maxsize=max_pending)  # bounds the memory held
-        self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
-
-    def submit(self, fn, *args) -> None:
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._loop, daemon=True, name="mlflow-writer")
-            self.thread.start()
-        self.queue.put((fn, args))
-
-    def _loop(self) -> None:
-        while True:
-            fn, args = self.queue.get()
-            try:
-                if self.error is None:
-                    fn(*args)
-            except BaseException as e:  # kept for drain() to raise in the caller's thread
-                self.error = e
-            finally:
-                self.queue.task_done()
-
-    def drain(self) -> None:
-        self.queue.join()
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
 
 
 class RunLogger:
@@ -135,13 +105,25 @@ class Tracker:
         if self.local_db:
             self.local_db.parent.mkdir(parents=True, exist_ok=True)
             tune_sqlite_connections()
-        self.client = MlflowClient(self.uri)
+        if self.is_server:
+            tracking_server.use_server_defaults()
+        self.client = tracking_server.ServerClient(MlflowClient(self.uri), self.uri)
         self.writer = Writer()
 
     def find_experiment_id(self, name: str) -> str | None:
         """The id of a live experiment, or None; creates nothing."""
         experiment = self.client.get_experiment_by_name(name)
         return experiment.experiment_id if experiment is not None and experiment.lifecycle_stage == "active" else None
+
+    @property
+    def is_server(self) -> bool:
+        return self.uri.startswith(("http://", "https://"))
+
+    def check(self) -> None:
+        """Fail in one line, before anything is created, when no MLflow server answers at an
+        http URI (a local store is created on first use)."""
+        if self.is_server:
+            tracking_server.check(self.uri)
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -151,7 +133,13 @@ class Tracker:
             return experiment.experiment_id
         # a local store keeps its artifacts beside the database, under mlruns/
         location = (self.local_db.parent / "artifacts").resolve().as_uri() if self.local_db else None
-        return self.client.create_experiment(name, artifact_location=location)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as e:  # another machine created it meanwhile
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise e
+            return experiment.experiment_id
 
     def open_run(self, experiment: str, run_name: str, params: dict[str, object] | None = None,
                  tags: dict[str, object] | None = None, parent_run_id: str | None = None) -> RunLogger:
@@ -183,6 +171,8 @@ class Tracker:
         """End the run once its writes are in the store; FAILED if one of them failed."""
         try:
             logger.wait()
+        except TrackingUnavailable:
+            raise  # nothing more can be written; the run is closed like a dead worker's (study_storage)
         except BaseException:
             self.client.set_terminated(logger.run_id, "KILLED" if status == "KILLED" else "FAILED")
             raise
@@ -212,6 +202,13 @@ class Tracker:
         if tags:
             self.set_tags(run_id, tags)
         self.client.set_terminated(run_id, status)
+
+    def running_children(self, parent_run_id: str) -> dict[str, str]:
+        """The parent's child runs still RUNNING: run id -> their `optuna.trial_number` tag."""
+        experiment_id = self.client.get_run(parent_run_id).info.experiment_id
+        runs = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
+                                       "and attributes.status = 'RUNNING'", max_results=1000)
+        return {r.info.run_id: r.data.tags.get("optuna.trial_number", "") for r in runs}
 
     def experiment_url(self, experiment: str, ui_base: str = "http://127.0.0.1:5000") -> str:
         base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else ui_base
@@ -264,6 +261,9 @@ class Tracker:
         return runs[0] if runs else None
 
     def ui_command(self) -> str:
+        """How to start a UI over this store; nothing for a server, which serves its own."""
+        if self.is_server:
+            return ""
         return "make ui" if self.uri == DEFAULT_TRACKING_URI else f"mlflow ui --backend-store-uri {self.uri}"
 
 

@@ -1,0 +1,7 @@
+"""The errors the command line turns into one `error: ...` line, apart from ConfigError (a bad
+config, exit 2, raised in harness/config.py)."""
+
+
+class ServiceError(RuntimeError):
+    """A server (PostgreSQL, the MLflow tracking server) could not be installed, started or
+    reached, or stopped answering for longer than the retries wait; the message says which (exit 1)."""

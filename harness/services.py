@@ -1,0 +1,172 @@
+"""`make services`: PostgreSQL and an MLflow tracking server on this machine, the engines a sweep
+on several machines shares (see the README, "Running on several machines").
+
+Everything lives under mlruns/services/ (git-ignored), so a restart keeps the data: the cluster
+(postgres/), the artifacts the tracking server serves (artifacts/), its log and pid, the ports in
+use (services.json) and, unless WINE_DB_PASSWORD is set, the generated database password
+(db-password, readable by its owner only). The tests start the same servers in a temporary
+directory with `Services(...).start()`.
+"""
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import ServiceError
+from harness.postgres import Cluster
+
+DEFAULT_ROOT = Path("mlruns/services")
+PASSWORD_ENV = "WINE_DB_PASSWORD"
+
+
+def db_password(root: Path) -> str:
+    """WINE_DB_PASSWORD, else the one generated on the first start (kept out of the repository)."""
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    path = root / "db-password"
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(18) + "\n")
+    return path.read_text().strip()
+
+
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """Whether an MLflow server answers its health check at `url`."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class MlflowServer:
+    """`mlflow server` over the cluster's `mlflow` database, serving the artifacts itself, so a
+    worker on another machine needs only its URL (no shared disk)."""
+    root: Path
+    cluster: Cluster
+    port: int = 5001
+    host: str = "127.0.0.1"
+    workers: int = 2  # the server mostly waits on PostgreSQL; more processes only cost memory
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "mlflow.pid"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def start(self, password: str, timeout: float = 180) -> None:
+        if self.pid() and answers(self.url):
+            return
+        mlflow = Path(sys.executable).parent / "mlflow"
+        command = [str(mlflow), "server", "--backend-store-uri", self.cluster.url("mlflow"),
+                   "--serve-artifacts", "--artifacts-destination", str((self.root / "artifacts").resolve()),
+                   "--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]
+        # the password reaches the server through the environment, never its command line
+        env = {**os.environ, "PGPASSWORD": password}
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "mlflow.log", "ab") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid_file.write_text(f"{process.pid}\n")
+        deadline = time.time() + timeout  # the first start creates MLflow's tables
+        while not answers(self.url):
+            if process.poll() is not None or time.time() > deadline:
+                self.stop()
+                tail = "\n".join((self.root / "mlflow.log").read_text(errors="replace").splitlines()[-5:])
+                raise ServiceError(f"the MLflow server did not start on {self.url}; the end of "
+                                   f"{self.root / 'mlflow.log'}:\n{tail}")
+            time.sleep(0.5)
+
+    def stop(self, kill: bool = False) -> None:
+        """SIGTERM (or SIGKILL, to simulate a crash) to the server and its worker processes."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                break
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (the tests)
+            except ChildProcessError:
+                pass
+            time.sleep(0.2)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+
+
+@dataclass
+class Services:
+    root: Path = DEFAULT_ROOT
+    host: str = "127.0.0.1"
+    pg_port: int = 5433
+    mlflow_port: int = 5001
+    mlflow_workers: int = 2
+
+    @property
+    def cluster(self) -> Cluster:
+        return Cluster(self.root / "postgres", self.pg_port, self.host)
+
+    @property
+    def mlflow(self) -> MlflowServer:
+        return MlflowServer(self.root, self.cluster, self.mlflow_port, self.host, self.mlflow_workers)
+
+    def start(self) -> None:
+        password = db_password(self.root)
+        self.cluster.ensure(password)
+        self.mlflow.start(password)
+        (self.root / "services.json").write_text(json.dumps(
+            {"host": self.host, "pg_port": self.pg_port, "mlflow_port": self.mlflow_port,
+             "mlflow_workers": self.mlflow_workers}) + "\n")
+
+    def stop(self) -> None:
+        self.mlflow.stop()
+        self.cluster.stop()
+
+    @classmethod
+    def saved(cls, root: Path = DEFAULT_ROOT) -> "Services":
+        """The services as the last start left them (their ports), to stop or describe them."""
+        path = root / "services.json"
+        return cls(root, **json.loads(path.read_text())) if path.exists() else cls(root)
+
+    def describe(self) -> str:
+        from_env = bool(os.environ.get(PASSWORD_ENV))
+        password_from = f"${PASSWORD_ENV}" if from_env else f"{self.root / 'db-password'}"
+        give = f'"${PASSWORD_ENV}"' if from_env else f'"$(cat {self.root / "db-password"})"'
+        storage = self.cluster.url("optuna")
+        return "\n".join([
+            f"PostgreSQL  {storage.replace('@', ':***@')}  (data in {self.cluster.root}, log {self.cluster.log})",
+            f"MLflow      {self.mlflow.url}  (UI and API; artifacts in {self.root / 'artifacts'}, log {self.root / 'mlflow.log'})",
+            f"password    in {password_from}; give it to workers as PGPASSWORD or in ~/.pgpass, not in the URL",
+            "",
+            "join the study from this or another machine (replace 127.0.0.1 by this machine's address):",
+            f"  PGPASSWORD={give} make worker STORAGE={storage} TRACKING={self.mlflow.url} STUDY=wine-sweep TRIALS=20",
+        ])
