@@ -87,18 +87,32 @@ def loss_and_accuracy(logits: torch.Tensor, onehot: torch.Tensor, y: torch.Tenso
     return loss, (predicted_classes(logits) == y).float().mean(dim=1), log_probs
 
 
-def gradients(params, xt, activations, log_probs, onehot, active) -> list[torch.Tensor]:
+def fused_forward(trained: list[torch.Tensor], xt1: torch.Tensor) -> list[torch.Tensor]:
+    """`forward` for training: the first layer's bias is a weight on a constant input of 1
+    (`trained[0]` is [W1 | b1], `xt1` the inputs with a row of ones), which spares the widest
+    activations one pass to add the bias and one to sum its gradient."""
+    h = torch.matmul(trained[0], xt1)
+    activations = [h.relu_() if len(trained) > 1 else h]
+    for i in range(1, len(trained), 2):
+        h = torch.matmul(trained[i], h).add_(trained[i + 1])
+        if i + 2 < len(trained):
+            h = h.relu_()
+        activations.append(h)
+    return activations
+
+
+def gradients(trained, xt1, activations, log_probs, onehot, active) -> list[torch.Tensor]:
     """Backpropagation by hand: each model's gradient of its own mean cross-entropy (what
-    autograd gives for the single model), zero for stopped models."""
-    n = xt.shape[1]
+    autograd gives for the single model), zero for stopped models; laid out as `trained`."""
+    n = xt1.shape[1]
     delta = torch.where(active.view(-1, 1, 1), (log_probs.exp() - onehot) / n, 0.0)
-    grads = [None] * len(params)
-    for i in range(len(params) - 2, -1, -2):
-        below = activations[i // 2 - 1] if i else xt
+    grads = [None] * len(trained)
+    for i in range(len(trained) - 2, 0, -2):
+        below = activations[i // 2]
         grads[i] = torch.matmul(delta, below.transpose(-1, -2))
         grads[i + 1] = delta.sum(dim=2, keepdim=True)
-        if i:
-            delta = torch.ops.aten.threshold_backward(torch.matmul(params[i].transpose(1, 2), delta), below, 0)
+        delta = torch.ops.aten.threshold_backward(torch.matmul(trained[i].transpose(1, 2), delta), below, 0)
+    grads[0] = torch.matmul(delta, xt1.transpose(-1, -2))
     return grads
 
 
@@ -125,7 +139,9 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
     check_compatible(cfgs)
     k = len(cfgs)
     params = stacked_parameters(cfgs, data.n_features, device)
-    buffers = [torch.zeros_like(p) for p in params]
+    trained = [torch.cat(params[:2], dim=2), *params[2:]]  # [W1 | b1], W2, b2, ...
+    params = [trained[0][..., :-1], trained[0][..., -1:], *params[2:]]  # views, as forward() takes them
+    buffers = [torch.zeros_like(p) for p in trained]
     lr = torch.tensor([c.lr for c in cfgs], dtype=torch.float32, device=device)
     momentum = torch.tensor([c.momentum for c in cfgs], dtype=torch.float32, device=device)
     iterations = torch.tensor([c.iterations for c in cfgs], device=device)
@@ -138,15 +154,18 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
 
     plot_every = torch.tensor([c.plot_every for c in cfgs], device=device)
     drawing_steps = boundary_steps(cfgs) if on_boundary else set()
-    xt, xt_val = data.x_train.T.contiguous(), data.x_val.T.contiguous()
+    def with_ones(x):  # (features + 1, N): the inputs, samples last, and the bias's constant 1
+        return torch.cat([x.T, torch.ones(1, x.shape[0], device=device)]).contiguous()
+
+    xt1, xt1_val = with_ones(data.x_train), with_ones(data.x_val)
     onehot = F.one_hot(data.y_train, 3).float().T.contiguous()
     onehot_val = F.one_hot(data.y_val, 3).float().T.contiguous()
 
     for step in range(steps):
         # forward and loss of every model on its current weights: step k's training metrics
-        activations = forward(params, xt)
+        activations = fused_forward(trained, xt1)
         train_loss, train_accuracy, log_probs = loss_and_accuracy(activations[-1], onehot, data.y_train)
-        val_loss, val_accuracy, _ = loss_and_accuracy(forward(params, xt_val)[-1], onehot_val, data.y_val)
+        val_loss, val_accuracy, _ = loss_and_accuracy(fused_forward(trained, xt1_val)[-1], onehot_val, data.y_val)
         history[:, step] = torch.stack([train_loss, train_accuracy, val_loss, val_accuracy])
 
         # models still running measured this step; a non-finite loss ends a model here
@@ -165,10 +184,10 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
             break
 
         # backward: each model's own gradient
-        grads = gradients(params, xt, activations, log_probs, onehot, active)
+        grads = gradients(trained, xt1, activations, log_probs, onehot, active)
 
         # SGD per model, as torch.optim.SGD does it; stopped models do not move
-        for p, g, buf in zip(params, grads, buffers):
+        for p, g, buf in zip(trained, grads, buffers):
             buf.mul_(momentum.view(k, 1, 1)).add_(g)
             p.sub_(torch.where(active.view(k, 1, 1), lr.view(k, 1, 1) * buf, 0.0))
 
