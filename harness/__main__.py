@@ -118,7 +118,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         made, existing = report.trial_gifs(comparison, tracker)
         print(f"boundary.gif: logged to {made} trial runs ({existing} had one already)")
     print(f"report: {path} (logged to run {comparison.run_id} as {logged}/)")
-    print(f"open the UI: {tracker.ui_command()}")
+    print(f"open the UI: {tracker.ui_command() or tracker.uri}")
     return 0
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +37,29 @@ def db_password(root: Path) -> str:
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(18) + "\n")
     return path.read_text().strip()
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether some process already listens on host:port (so a server started there would die,
+    while another one answered in its place)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def group_alive(pid: int) -> bool:
+    """Whether any process of the group `pid` leads is alive: uvicorn and MLflow's workers can
+    outlive the `mlflow server` process that started them."""
+    try:
+        os.killpg(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
 
 
 def answers(url: str, timeout: float = 2.0) -> bool:
@@ -67,29 +91,34 @@ class MlflowServer:
         return self.root / "mlflow.pid"
 
     def pid(self) -> int | None:
+        """The server's process group, while any process of it lives."""
         try:
             pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-            return pid
         except (OSError, ValueError):
             return None
+        return pid if group_alive(pid) else None
 
     def start(self, password: str, timeout: float = 180) -> None:
         if self.pid() and answers(self.url):
             return
+        self.stop()  # what is left of a server that crashed
+        if port_taken(self.host, self.port):
+            raise ServiceError(f"port {self.port} on {self.host} is taken by another process; "
+                               f"choose another: make services MLFLOW_PORT=...")
         mlflow = Path(sys.executable).parent / "mlflow"
         command = [str(mlflow), "server", "--backend-store-uri", self.cluster.url("mlflow"),
                    "--serve-artifacts", "--artifacts-destination", str((self.root / "artifacts").resolve()),
                    "--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]
-        # the password reaches the server through the environment, never its command line
-        env = {**os.environ, "PGPASSWORD": password}
+        # the password reaches the server through the environment, never its command line; the
+        # job runner serves GenAI features we do not use, and would start a dozen processes
+        env = {**os.environ, "PGPASSWORD": password, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / "mlflow.log", "ab") as log:
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid_file.write_text(f"{process.pid}\n")
         deadline = time.time() + timeout  # the first start creates MLflow's tables
-        while not answers(self.url):
+        while process.poll() is not None or not answers(self.url):
             if process.poll() is not None or time.time() > deadline:
                 self.stop()
                 tail = "\n".join((self.root / "mlflow.log").read_text(errors="replace").splitlines()[-5:])
@@ -140,6 +169,11 @@ class Services:
         return MlflowServer(self.root, self.cluster, self.mlflow_port, self.host, self.mlflow_workers)
 
     def start(self) -> None:
+        running = Services.saved(self.root)
+        if (running.pg_port, running.mlflow_port) != (self.pg_port, self.mlflow_port) and running.cluster.running():
+            raise ServiceError(f"the services of {self.root} already run on PG_PORT={running.pg_port} "
+                               f"MLFLOW_PORT={running.mlflow_port}; start them with those ports, or stop "
+                               "them first (make services-stop)")
         password = db_password(self.root)
         self.cluster.ensure(password)
         self.mlflow.start(password)

@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from harness.config import ConfigError
+from harness.services import port_taken
 from harness.signals import interrupt_once
 from harness.tracking import Tracker, experiment_page, tracking_uri
 
@@ -114,6 +115,10 @@ def serve(experiment: str, host: str = "127.0.0.1", port: int = 5000, uri: str |
     shown_host = f"[{host}]" if ":" in host else host
     base_url = f"http://{shown_host}:{port}"
     known = local_store(uri).exists()  # looked at before the server creates the file
+    if port_taken(host, port):  # else another server would answer in its place, and we would say it is ours
+        print(f"error: port {port} on {host} is taken by another process; try another: make ui PORT={port + 1}",
+              file=sys.stderr)
+        return 1
     signal.signal(signal.SIGTERM, interrupt_once)  # `kill` stops it as cleanly as Ctrl-C
     process = subprocess.Popen(command, env=server_env(), process_group=0)
     try:
