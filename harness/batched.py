@@ -92,13 +92,8 @@ def fused_forward(trained: list[torch.Tensor], xt1: torch.Tensor) -> list[torch.
     (`trained[0]` is [W1 | b1], `xt1` the inputs with a row of ones), which spares the widest
     activations one pass to add the bias and one to sum its gradient."""
     h = torch.matmul(trained[0], xt1)
-    activations = [h.relu_() if len(trained) > 1 else h]
-    for i in range(1, len(trained), 2):
-        h = torch.matmul(trained[i], h).add_(trained[i + 1])
-        if i + 2 < len(trained):
-            h = h.relu_()
-        activations.append(h)
-    return activations
+    first = h.relu_() if len(trained) > 1 else h
+    return [first, *forward(trained[1:], first)]
 
 
 def gradients(trained, xt1, activations, log_probs, onehot, active) -> list[torch.Tensor]:
