@@ -138,9 +138,7 @@ class MlflowServer:
             pass
         deadline = time.time() + 30
         while time.time() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
+            if not group_alive(pid):
                 break
             try:
                 os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (the tests)

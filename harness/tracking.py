@@ -107,7 +107,9 @@ class Tracker:
             tune_sqlite_connections()
         if self.is_server:
             tracking_server.use_server_defaults()
-        self.client = tracking_server.ServerClient(MlflowClient(self.uri), self.uri)
+        client = MlflowClient(self.uri)
+        # only a server can become unreachable; a local store keeps the plain client on its hot path
+        self.client = tracking_server.ServerClient(client, self.uri) if self.is_server else client
         self.writer = Writer()
 
     def find_experiment_id(self, name: str) -> str | None:
@@ -211,7 +213,7 @@ class Tracker:
         return {r.info.run_id: r.data.tags.get("optuna.trial_number", "") for r in runs}
 
     def experiment_url(self, experiment: str, ui_base: str = "http://127.0.0.1:5000") -> str:
-        base = self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else ui_base
+        base = self.uri.rstrip("/") if self.is_server else ui_base
         return experiment_page(base, self.experiment_id(experiment))
 
     def get_run(self, run_id: str):
@@ -253,10 +255,10 @@ class Tracker:
 
     def latest_run(self, experiment: str, tag: str, value: str):
         """The newest finished run of `experiment` tagged `tag = value`, or None."""
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
+        experiment_id = self.find_experiment_id(experiment)
+        if experiment_id is None:
             return None
-        runs = self.client.search_runs([found.experiment_id], f"tags.{tag} = '{value}' and attributes.status = 'FINISHED'",
+        runs = self.client.search_runs([experiment_id], f"tags.{tag} = '{value}' and attributes.status = 'FINISHED'",
                                        order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
 

@@ -10,12 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from harness.config import ConfigError
-from harness.services import port_taken
+from harness.services import answers, group_alive, port_taken
 from harness.signals import interrupt_once
 from harness.tracking import Tracker, experiment_page, tracking_uri
 
@@ -62,21 +60,13 @@ def find_experiment(uri: str, experiment: str, base_url: str) -> str | None:
     return experiment_page(base_url, experiment_id) if experiment_id else None
 
 
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def wait_until_up(process: subprocess.Popen, base_url: str, timeout: float = START_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the MLflow server exited with code {process.returncode} before it answered "
                                f"(is the port taken? try another: make ui PORT=5001)")
-        if answers(f"{base_url}/health"):
+        if answers(base_url):
             return
         time.sleep(0.5)
     raise RuntimeError(f"the MLflow server did not answer on {base_url} within {timeout:.0f} s")
@@ -88,9 +78,7 @@ def group_gone(process: subprocess.Popen, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         process.poll()  # reaps the leader
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
+        if not group_alive(process.pid):
             return True
         time.sleep(0.1)
     return False
