@@ -2,8 +2,9 @@
 
 Runs are always closed: FINISHED when the body returns, KILLED on Ctrl-C, FAILED on any other
 exception, and only after every write they were given is in the store. Metrics are buffered and
-written with log_batch, at most 1000 values a call; batches and images are written by a
-background thread (MlflowClient with explicit run ids), so training does not wait for them.
+written with log_batch, at most 1000 values a call; images are encoded and written many at a
+time (harness/images.py); both are written by a background thread (MlflowClient with explicit
+run ids), so training does not wait for them.
 A tracking server (an http URI) is reached through harness/tracking_server.py: bounded retries,
 one clear line when it stays down.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from PIL import Image
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -24,6 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from harness import tracking_server
 from harness.config import ConfigError
+from harness.images import ImageStage
 from harness.sqlite import tune_sqlite_connections
 from harness.tracking_server import TrackingUnavailable
 from harness.writer import Writer
@@ -63,6 +66,7 @@ class RunLogger:
         self.run_id = run_id
         self.writer = writer or Writer()
         self.pending: list[Metric] = []
+        self.images = ImageStage(client, run_id)  # touched by the writer thread only
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         timestamp = now_ms()
@@ -79,7 +83,11 @@ class RunLogger:
     def wait(self) -> None:
         """Everything logged so far is in the store once this returns."""
         self.flush()
-        self.writer.drain()
+        self.writer.submit(self.images.write)
+        try:
+            self.writer.drain()
+        finally:
+            self.images.discard()  # only after a failed write is anything left staged
 
     def log_params(self, params: dict[str, object]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]
@@ -89,8 +97,9 @@ class RunLogger:
     def set_tags(self, tags: dict[str, object]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
-        self.writer.submit(partial(self.client.log_image, key=key, step=step), self.run_id, image)
+    def log_image(self, image: Image.Image, key: str, step: int) -> None:
+        """A step image, laid out as `MlflowClient.log_image(key=key, step=step)` lays it out."""
+        self.writer.submit(self.images.add, image, key, step, now_ms())
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)

@@ -7,7 +7,7 @@ def test_bench_prints_the_render_and_call_figures(cli_env):
     proc = run_cli("bench", "--quick", "--only", "render", "--only", "calls", "--only", "seeds", env=cli_env)
     assert proc.returncode == 0, proc.stderr
     assert "ms/image, figure-per-image reference" in proc.stdout
-    assert "calls   log_image of one boundary:" in proc.stdout
+    assert "calls   log_image of one boundary (a trial's 21 written together):" in proc.stdout
     assert "models x 200 iterations at once" in proc.stdout and "peak memory" in proc.stdout
 
 

@@ -1,6 +1,11 @@
+import re
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from PIL import Image
+
+from harness import images as images_module
 
 from harness.experiment import Workspace, run_training
 from harness.train import METRICS, Callbacks
@@ -99,3 +104,41 @@ def test_a_failed_write_fails_the_run_instead_of_finishing_it(tracker):
     with pytest.raises(OSError, match="disk full"):
         tracker.close_run(logger, "FINISHED")
     assert MlflowClient(tracker.uri).get_run(logger.run_id).info.status == "FAILED"
+
+
+def artifact_layout(client, run_id):
+    """A run's image artifacts with the per-call parts (timestamp, uuid) blanked, and its tags."""
+    names = sorted(re.sub(r"\+timestamp\+\d+\+[0-9a-f-]{36}", "+timestamp+T+U", a.path)
+                   for a in client.list_artifacts(run_id, "images"))
+    return names, client.get_run(run_id).data.tags.get("mlflow.loggedImages")
+
+
+def test_step_images_are_laid_out_as_mlflow_log_image_lays_them_out(tracker):
+    """The UI's image grid and slider read MLflow's names and tag: the batched writer must match them."""
+    images = [(step, Image.new("P", (384, 384), color=step)) for step in (0, 10, 20)]
+    client = MlflowClient(tracker.uri)
+    with tracker.run("tests", "mlflow-log-image") as logger:
+        for step, image in images:
+            client.log_image(logger.run_id, image, key="boundary", step=step)
+    ours = tracker.open_run("tests", "harness-log-image")
+    for step, image in images:
+        ours.log_image(image, key="boundary", step=step)
+    tracker.close_run(ours, "FINISHED")
+    assert artifact_layout(client, ours.run_id) == artifact_layout(client, logger.run_id)
+
+    for path in [a.path for a in client.list_artifacts(ours.run_id, "images")]:
+        with Image.open(client.download_artifacts(ours.run_id, path)) as written:
+            assert written.size == ((256, 256) if path.endswith(".webp") else (384, 384))
+            step = int(path.split("+")[2])
+            assert written.convert("RGB").getpixel((5, 5)) == images[[s for s, _ in images].index(step)][1].convert("RGB").getpixel((5, 5))
+
+
+def test_a_long_run_writes_its_images_before_it_ends(tracker, monkeypatch):
+    monkeypatch.setattr(images_module, "BATCH", 2)
+    logger = tracker.open_run("tests", "images-in-batches")
+    for step in range(3):
+        logger.log_image(Image.new("RGB", (64, 64)), key="boundary", step=step)
+    logger.writer.drain()  # the writes so far, without closing the run
+    assert image_steps(MlflowClient(tracker.uri), logger.run_id) == [0, 1]
+    tracker.close_run(logger, "FINISHED")
+    assert image_steps(MlflowClient(tracker.uri), logger.run_id) == [0, 1, 2]
