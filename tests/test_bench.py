@@ -22,3 +22,4 @@ def test_bench_sweep_and_workers_quick(cli_env):
     proc = run_cli("bench", "--quick", "--only", "sweep", "--only", "workers", env=cli_env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "tutorial-style reference" in proc.stdout and "2 workers" in proc.stdout
+    assert "trials in batches of 3, 2 workers:" in proc.stdout
