@@ -151,15 +151,17 @@ def bench_calls(quick: bool) -> dict[str, float]:
                 logger.log_metrics(step_metrics, step)
             logger.wait()
 
+        image_steps = range(0, 201, 10)
+
         def trial_images():  # one trial's 21 boundaries, written together as a trial writes them
-            for step in range(0, 201, 10):
+            for step in image_steps:
                 logger.log_image(image, key="boundary", step=step)
             logger.wait()
 
         figures = {
             "run start + params + end": per_call(one_run, repeats),
             "log_batch of one trial's 804 values": per_call(trial_metrics, max(2, repeats // 5)),
-            "log_image of one boundary (a trial's 21 written together)": per_call(trial_images, max(2, repeats // 5)) / 21,
+            "log_image of one boundary (a trial's 21 written together)": per_call(trial_images, max(2, repeats // 5)) / len(image_steps),
             "log_metric of one value (the reference's way)": per_call(
                 lambda: tracker.client.log_metric(logger.run_id, "x", 0.5, step=0), repeats * 5),
         }

@@ -30,6 +30,16 @@ def image_filename(key: str, step: int, timestamp_ms: int) -> str:
     return f"images/{re.sub('/', '~', key)}+step+{step}+timestamp+{timestamp_ms}+{uuid.uuid4()}"
 
 
+def full_size_step(artifact_path: str, key: str) -> int | None:
+    """The step of a full-size image `image_filename` named for `key` (the PNG, not its
+    thumbnail); None for any other artifact."""
+    name = artifact_path.rsplit("/", 1)[-1]
+    parts = name.removesuffix(".png").split("+")
+    if name.endswith(".png") and len(parts) >= 3 and parts[0] == re.sub("/", "~", key) and parts[1] == "step":
+        return int(parts[2])
+    return None
+
+
 def thumbnail(image: Image.Image) -> Image.Image:
     """`log_image`'s thumbnail: the longer side scaled to THUMBNAIL_SIZE."""
     width, height = image.size

@@ -26,7 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from harness import tracking_server
 from harness.config import ConfigError
-from harness.images import ImageStage
+from harness.images import ImageStage, full_size_step
 from harness.sqlite import tune_sqlite_connections
 from harness.tracking_server import TrackingUnavailable
 from harness.writer import Writer
@@ -245,10 +245,9 @@ class Tracker:
         """step -> artifact path of the full-size image that `log_image(key=..., step=...)` wrote."""
         steps = {}
         for info in self.client.list_artifacts(run_id, "images"):
-            name = info.path.rsplit("/", 1)[-1]
-            parts = name.removesuffix(".png").split("+")
-            if name.endswith(".png") and len(parts) >= 3 and parts[0] == key and parts[1] == "step":
-                steps[int(parts[2])] = info.path
+            step = full_size_step(info.path, key)
+            if step is not None:
+                steps[step] = info.path
         return steps
 
     def has_artifact(self, run_id: str, path: str) -> bool:
