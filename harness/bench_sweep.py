@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import optuna
 
 from harness import study_config
+from harness.bench import per_call
 from harness.boundary import new_figure, title_text
 from harness.experiment import Workspace, run_params
 from harness.study import run_sweep
@@ -169,12 +170,3 @@ def bench_calls(quick: bool) -> dict[str, float]:
     for name, seconds in figures.items():
         print(f"calls   {name}: {seconds * 1e3:.1f} ms")
     return figures
-
-
-def per_call(fn, repeats: int) -> float:
-    """Seconds per call, after one warm-up call."""
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats

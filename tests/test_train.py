@@ -5,7 +5,7 @@ import torch
 
 from harness import config, data as data_lib
 from harness.model import build_mlp, create
-from harness.runtime import seed_everything
+from harness.runtime import init_generator, seed_everything
 from harness.train import METRICS, Callbacks, train
 
 
@@ -71,6 +71,29 @@ def test_initial_weights_depend_only_on_the_seed(init, cpu):
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     third = list(create(cfg, 2, seed_everything(4), cpu).parameters())
     assert not torch.equal(first[0], third[0])
+
+
+def test_default_init_is_what_nn_linear_draws(cpu):
+    torch.manual_seed(5)  # nn.Linear draws from the global generator as it is built
+    reference = build_mlp(2, [8, 4])
+    ours = create(config.build({"hidden": [8, 4]}), 2, init_generator(5), cpu)
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
+
+
+@pytest.mark.parametrize("init", ["xavier_uniform", "kaiming_normal", "normal"])
+def test_init_schemes_are_what_torch_nn_init_draws(init, cpu):
+    reference, generator = build_mlp(2, [8, 4]), init_generator(5)
+    with torch.no_grad():
+        for layer in (m for m in reference if isinstance(m, torch.nn.Linear)):
+            if init == "xavier_uniform":
+                torch.nn.init.xavier_uniform_(layer.weight, generator=generator)
+            elif init == "kaiming_normal":
+                torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
+            else:
+                torch.nn.init.normal_(layer.weight, std=0.3, generator=generator)
+            torch.nn.init.zeros_(layer.bias)
+    ours = create(config.build({"init": init, "init_std": 0.3, "hidden": [8, 4]}), 2, init_generator(5), cpu)
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
 
 
 def test_default_init_matches_pytorch_distribution(cpu):
