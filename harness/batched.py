@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from harness import model as model_lib
+from harness import fused, model as model_lib
 from harness.config import TrainConfig
 from harness.data import WineData
 from harness.runtime import init_generator
@@ -164,7 +164,15 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
     onehot = F.one_hot(data.y_train, 3).float().T.contiguous()
     onehot_val = F.one_hot(data.y_val, 3).float().T.contiguous()
 
+    one_kernel = on_boundary is None and fused.supports(cfgs[0].hidden, device)  # CUDA: a step is one kernel
+
     for step in range(steps):
+        if one_kernel:
+            fused.step(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data, step)
+            if step % 50 == 49 and not bool(active.any()):
+                break
+            continue
+
         # forward and loss of every model on its current weights: step k's training metrics
         activations = fused_forward(trained, xt1)
         train_loss, train_accuracy, log_probs = loss_and_accuracy(activations[-1], onehot, data.y_train)

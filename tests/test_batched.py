@@ -64,10 +64,19 @@ def test_models_must_share_the_architecture(cpu):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_batch_matches_cpu_batch(cpu):
-    cfgs = configs()
+@pytest.mark.parametrize("hidden, features", [([32], ["alcohol", "color_intensity"]), ([10], "all"), ([16, 8], "all")])
+def test_cuda_batch_matches_cpu_batch(hidden, features, cpu):
+    """One hidden layer trains with one kernel a step on CUDA (harness/fused.py), two with torch ops."""
+    common = dict(hidden=hidden, features=features)
+    cfgs = configs(**common) + [config.build({"iterations": 30, "seed": 6, "lr": 1e6, **common})]
     cuda = torch.device("cuda")
     on_gpu = train_batch(cfgs, data_lib.load(cfgs[0], cuda), cuda)
     on_cpu = train_batch(cfgs, data_lib.load(cfgs[0], cpu), cpu)
-    for name in METRICS:
-        np.testing.assert_allclose(on_gpu.history[name], on_cpu.history[name], rtol=1e-4, atol=1e-5)
+    assert list(on_gpu.last_step) == list(on_cpu.last_step) and list(on_gpu.diverged) == list(on_cpu.diverged)
+    assert on_cpu.diverged[-1] and not on_cpu.diverged[:-1].any()
+    for k in range(len(cfgs)):
+        measured = int(on_cpu.last_step[k]) + (0 if on_cpu.diverged[k] else 1)  # up to the divergence, not at it
+        for name in METRICS:
+            np.testing.assert_allclose(on_gpu.history[name][:measured, k], on_cpu.history[name][:measured, k],
+                                       rtol=1e-4, atol=1e-5, err_msg=f"model {k}: {name}")
+    assert not np.isfinite(on_gpu.history["train_loss"][on_gpu.last_step[-1], -1])
