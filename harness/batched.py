@@ -8,6 +8,7 @@ SGD is applied per model. Model k follows the curve that `train.train` gives for
 
 Nothing leaves the device until the end: a model that diverges or reaches its iteration count
 is masked out (its weights stop moving, its metrics stop counting), without a sync per step.
+On CUDA the same step, for one hidden layer, is one Triton kernel (harness/fused.py).
 """
 
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from harness import fused, model as model_lib
+from harness import model as model_lib
 from harness.config import TrainConfig
 from harness.data import WineData
 from harness.runtime import init_generator
@@ -132,6 +133,15 @@ def boundary_steps(cfgs: list[TrainConfig]) -> set[int]:
     return {s for c in cfgs for s in range(0, c.iterations + 1, c.plot_every)} | {c.iterations for c in cfgs}
 
 
+def one_kernel_step(cfgs: list[TrainConfig], device: torch.device, on_boundary):
+    """On CUDA, for one hidden layer and no boundary to draw, a step is one Triton kernel
+    (harness/fused.py); None where the torch ops below run."""
+    if on_boundary is not None or device.type != "cuda" or len(cfgs[0].hidden) != 1:
+        return None
+    from harness import fused  # imports Triton, which comes with PyTorch's CUDA builds only
+    return fused.step if fused.triton is not None else None
+
+
 @torch.no_grad()
 def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, on_boundary=None) -> BatchResult:
     """Train len(cfgs) models at once; model k follows `train.train(cfgs[k], ...)`.
@@ -164,11 +174,11 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
     onehot = F.one_hot(data.y_train, 3).float().T.contiguous()
     onehot_val = F.one_hot(data.y_val, 3).float().T.contiguous()
 
-    one_kernel = on_boundary is None and fused.supports(cfgs[0].hidden, device)  # CUDA: a step is one kernel
+    one_kernel = one_kernel_step(cfgs, device, on_boundary)
 
     for step in range(steps):
         if one_kernel:
-            fused.step(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data, step)
+            one_kernel(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data, step)
             if step % 50 == 49 and not bool(active.any()):
                 break
             continue

@@ -10,19 +10,13 @@ does what the torch path does, step for step: same metrics, same stopping, same 
 Triton comes with PyTorch's CUDA builds; without it (or on CPU and MPS) the torch path runs.
 """
 
-import torch
-
 try:
     import triton
     import triton.language as tl
 except ImportError:  # CPU-only PyTorch: the torch path is used
     triton = None
 
-BLOCK_MODELS = 16
-
-
-def supports(hidden: list[int], device: torch.device) -> bool:
-    return triton is not None and device.type == "cuda" and len(hidden) == 1
+BLOCK_MODELS = 16  # models a GPU program trains: 8 to 64 measured within 15% on an H100
 
 
 if triton is not None:
