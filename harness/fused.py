@@ -17,6 +17,13 @@ except ImportError:  # CPU-only PyTorch: the torch path is used
     triton = None
 
 BLOCK_MODELS = 16  # models a GPU program trains: 8 to 64 measured within 15% on an H100
+MAX_TILE = 1024  # hidden x (features + 1), padded to powers of 2, that a program holds in registers
+
+
+def fits(hidden: int, n_features: int) -> bool:
+    """Whether one hidden layer of this width fits the kernel's registers; wider ones would
+    spill (and past 2**20 elements a tile does not compile), so the torch ops train them."""
+    return triton.next_power_of_2(hidden) * triton.next_power_of_2(n_features + 1) <= MAX_TILE
 
 
 if triton is not None:
@@ -29,16 +36,19 @@ if triton is not None:
 
     @triton.jit
     def _measure(l0, l1, l2, yn):
-        """Log-sum-exp, this sample's cross-entropy and whether the first best class is yn."""
-        m = tl.maximum(tl.maximum(l0, l1, propagate_nan=tl.PropagateNan.ALL), l2, propagate_nan=tl.PropagateNan.ALL)
-        lse = m + tl.log(tl.exp(l0 - m) + tl.exp(l1 - m) + tl.exp(l2 - m))
+        """The largest logit m and log(sum(exp(l - m))), this sample's cross-entropy, and whether
+        the first best class is yn. As log_softmax does, m is not added back into the log-sum:
+        with large logits that would round away the small terms."""
+        nan = tl.PropagateNan.ALL
+        m = tl.maximum(tl.maximum(l0, l1, propagate_nan=nan), l2, propagate_nan=nan)
+        log_sum = tl.log(tl.exp(l0 - m) + tl.exp(l1 - m) + tl.exp(l2 - m))
         best = l0
         predicted = tl.zeros(l0.shape, dtype=tl.int32)
         predicted = tl.where(l1 > best, 1, predicted)
         best = tl.where(l1 > best, l1, best)
         predicted = tl.where(l2 > best, 2, predicted)
         picked = tl.where(yn == 0, l0, tl.where(yn == 1, l1, l2))
-        return lse, lse - picked, (predicted == yn).to(tl.float32)
+        return m, log_sum, log_sum - (picked - m), (predicted == yn).to(tl.float32)
 
     @triton.jit
     def _sample(x, n, F: tl.constexpr, FP: tl.constexpr):
@@ -85,13 +95,13 @@ if triton is not None:
             xn = _sample(x, n, F, FP)
             yn = tl.load(y + n).to(tl.int32)
             h, l0, l1, l2 = _logits(w1, xn, w2_0, w2_1, w2_2, b2_0, b2_1, b2_2)
-            lse, sample_loss, hit = _measure(l0, l1, l2, yn)
+            m, log_sum, sample_loss, hit = _measure(l0, l1, l2, yn)
             loss += sample_loss
             correct += hit
             # d(mean loss)/d(logits): softmax minus the one-hot label, over the sample count
-            d0 = (tl.exp(l0 - lse) - (yn == 0).to(tl.float32)) / n_train
-            d1 = (tl.exp(l1 - lse) - (yn == 1).to(tl.float32)) / n_train
-            d2 = (tl.exp(l2 - lse) - (yn == 2).to(tl.float32)) / n_train
+            d0 = (tl.exp((l0 - m) - log_sum) - (yn == 0).to(tl.float32)) / n_train
+            d1 = (tl.exp((l1 - m) - log_sum) - (yn == 1).to(tl.float32)) / n_train
+            d2 = (tl.exp((l2 - m) - log_sum) - (yn == 2).to(tl.float32)) / n_train
             g2_0 += d0[:, None] * h
             g2_1 += d1[:, None] * h
             g2_2 += d2[:, None] * h
@@ -110,7 +120,7 @@ if triton is not None:
             xn = _sample(x_val, n, F, FP)
             yn = tl.load(y_val + n).to(tl.int32)
             h, l0, l1, l2 = _logits(w1, xn, w2_0, w2_1, w2_2, b2_0, b2_1, b2_2)
-            lse, sample_loss, hit = _measure(l0, l1, l2, yn)
+            _, _, sample_loss, hit = _measure(l0, l1, l2, yn)
             val_loss += sample_loss
             val_correct += hit
         stride = steps * K.to(tl.int64)  # one metric's (steps, K)
@@ -160,13 +170,13 @@ if triton is not None:
         tl.store(bb2_ptr + k * 3 + 2, buf, mask=move)
         tl.store(b2_ptr + k * 3 + 2, b2_2 - lr * buf, mask=move)
 
+
 def step(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data, step_index: int):
-    """Launch one step for all K models; `trained` is [[W1 | b1], W2, b2] as batched.train_batch keeps it."""
+    """Launch one step for all K models; `trained` is [[W1 | b1], W2, b2] and the rest the
+    state that batched.train_batch keeps, all updated in place."""
     k, hidden, f1 = trained[0].shape
-    n_features = f1 - 1
-    grid = (triton.cdiv(k, BLOCK_MODELS),)
-    train_step[grid](trained[0], trained[1], trained[2], buffers[0], buffers[1], buffers[2], lr, momentum, iterations,
-                     active, diverged, last_step, history, data.x_train.contiguous(), data.y_train, data.x_train.shape[0],
-                     data.x_val.contiguous(), data.y_val, data.x_val.shape[0], step_index, history.shape[1], k,
-                     F=n_features, FP=triton.next_power_of_2(f1), H=hidden, HP=triton.next_power_of_2(hidden),
-                     BM=BLOCK_MODELS)
+    x, x_val = data.x_train.contiguous(), data.x_val.contiguous()
+    train_step[(triton.cdiv(k, BLOCK_MODELS),)](
+        *trained, *buffers, lr, momentum, iterations, active, diverged, last_step, history,
+        x, data.y_train, x.shape[0], x_val, data.y_val, x_val.shape[0], step_index, history.shape[1], k,
+        F=f1 - 1, FP=triton.next_power_of_2(f1), H=hidden, HP=triton.next_power_of_2(hidden), BM=BLOCK_MODELS)

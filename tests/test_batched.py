@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from harness import config, data as data_lib
-from harness.batched import BatchResult, stacked_parameters, train_batch
+from harness.batched import BatchResult, loss_and_accuracy, one_kernel_step, stacked_parameters, train_batch
 from harness.model import create
 from harness.runtime import init_generator
 from harness.train import METRICS, train
@@ -63,20 +63,33 @@ def test_models_must_share_the_architecture(cpu):
         train_batch(cfgs, data_lib.load(cfgs[0], cpu), cpu)
 
 
+def test_loss_is_cross_entropy_even_where_another_class_underflows():
+    # the third logit is so large that the second's log-probability is -inf, the loss finite
+    logits = torch.tensor([[[0.0, 1.0], [-3e38, 2.0], [3e38, 0.5]]])
+    y = torch.tensor([0, 1])
+    loss, accuracy, _ = loss_and_accuracy(logits, y)
+    expected = torch.nn.functional.cross_entropy(logits[0].T, y)
+    assert torch.isfinite(loss).all() and torch.equal(loss[0], expected)
+    assert accuracy.tolist() == [0.5]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("hidden, features", [([32], ["alcohol", "color_intensity"]), ([10], "all"), ([16, 8], "all")])
 def test_cuda_batch_matches_cpu_batch(hidden, features, cpu):
     """One hidden layer trains with one kernel a step on CUDA (harness/fused.py), two with torch ops."""
     common = dict(hidden=hidden, features=features)
     cfgs = configs(**common) + [config.build({"iterations": 30, "seed": 6, "lr": 1e6, **common})]
+    cfgs += [config.build({"iterations": 40, "seed": s, "lr": 0.5, **common}) for s in range(10, 45)]  # 3 GPU programs
     cuda = torch.device("cuda")
-    on_gpu = train_batch(cfgs, data_lib.load(cfgs[0], cuda), cuda)
+    gpu_data = data_lib.load(cfgs[0], cuda)
+    assert (one_kernel_step(cfgs, gpu_data.n_features, cuda, None) is not None) == (len(hidden) == 1)
+    on_gpu = train_batch(cfgs, gpu_data, cuda)
     on_cpu = train_batch(cfgs, data_lib.load(cfgs[0], cpu), cpu)
     assert list(on_gpu.last_step) == list(on_cpu.last_step) and list(on_gpu.diverged) == list(on_cpu.diverged)
-    assert on_cpu.diverged[-1] and not on_cpu.diverged[:-1].any()
+    assert list(np.flatnonzero(on_cpu.diverged)) == [6]
     for k in range(len(cfgs)):
         measured = int(on_cpu.last_step[k]) + (0 if on_cpu.diverged[k] else 1)  # up to the divergence, not at it
         for name in METRICS:
             np.testing.assert_allclose(on_gpu.history[name][:measured, k], on_cpu.history[name][:measured, k],
                                        rtol=1e-4, atol=1e-5, err_msg=f"model {k}: {name}")
-    assert not np.isfinite(on_gpu.history["train_loss"][on_gpu.last_step[-1], -1])
+    assert not np.isfinite(on_gpu.history["train_loss"][on_gpu.last_step[6], 6])

@@ -74,8 +74,9 @@ def test_initial_weights_depend_only_on_the_seed(init, cpu):
 
 
 def test_default_init_is_what_nn_linear_draws(cpu):
-    torch.manual_seed(5)  # nn.Linear draws from the global generator as it is built
-    reference = build_mlp(2, [8, 4])
+    with torch.random.fork_rng():  # nn.Linear draws from the global generator as it is built
+        torch.manual_seed(5)
+        reference = build_mlp(2, [8, 4])
     ours = create(config.build({"hidden": [8, 4]}), 2, init_generator(5), cpu)
     assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
 
