@@ -4,6 +4,7 @@ The batched side runs in a fresh process, so its peak resident memory is its own
 """
 
 import multiprocessing
+import queue
 import resource
 import time
 
@@ -33,7 +34,13 @@ def timed_batched(models: int, iterations: int, device: str = "cpu") -> tuple[fl
     answer = context.Queue()
     process = context.Process(target=batched_in_fresh_process, args=(models, iterations, device, answer))
     process.start()
-    result = answer.get()
+    while True:  # the answer, or the process's end without one (its error is printed above)
+        try:
+            result = answer.get(timeout=1)
+            break
+        except queue.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"the batched run on {device} failed (exit code {process.exitcode})") from None
     process.join()
     return result
 

@@ -39,8 +39,7 @@ if triton is not None:
         """The largest logit m and log(sum(exp(l - m))), this sample's cross-entropy, and whether
         the first best class is yn. As log_softmax does, m is not added back into the log-sum:
         with large logits that would round away the small terms."""
-        nan = tl.PropagateNan.ALL
-        m = tl.maximum(tl.maximum(l0, l1, propagate_nan=nan), l2, propagate_nan=nan)
+        m = tl.maximum(tl.maximum(l0, l1, propagate_nan=tl.PropagateNan.ALL), l2, propagate_nan=tl.PropagateNan.ALL)
         log_sum = tl.log(tl.exp(l0 - m) + tl.exp(l1 - m) + tl.exp(l2 - m))
         best = l0
         predicted = tl.zeros(l0.shape, dtype=tl.int32)
