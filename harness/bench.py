@@ -46,7 +46,7 @@ def bench_render(quick: bool) -> dict[str, float]:
 
 
 # name -> (module, function), imported when it runs: the seed scan and the renderer need
-# neither MLflow nor Optuna, so they also run where only torch is installed (a GPU box)
+# neither MLflow nor Optuna, so they also run on a machine without them (a GPU box, say)
 BENCHES = {"render": ("harness.bench", "bench_render"), "seeds": ("harness.bench_seeds", "bench_seeds"),
            "calls": ("harness.bench_sweep", "bench_calls"), "sweep": ("harness.bench_sweep", "bench_sweep"),
            "workers": ("harness.bench_sweep", "bench_workers")}

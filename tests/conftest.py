@@ -31,7 +31,7 @@ def session_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tracker(session_store):
-    from harness.tracking import Tracker  # MLflow only where a test tracks: the others also run where only torch is
+    from harness.tracking import Tracker  # MLflow only where a test tracks: the rest run without it
     return Tracker(session_store)
 
 
