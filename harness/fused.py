@@ -4,8 +4,9 @@ On a GPU, `batched.train_batch` with torch ops moves (K, hidden, samples) activa
 memory a dozen times per step: 100,000 models spend ~14 ms a step there, not in arithmetic.
 Here each program holds a block of models' weights in registers and walks the samples once,
 accumulating loss, accuracy and gradients, then applies SGD: the activations never leave the
-chip. It covers the lecture's architecture (one hidden layer, any width and feature count) and
-does what the torch path does, step for step: same metrics, same stopping, same update.
+chip. It covers the lecture's architecture (one hidden layer, up to a width x features that
+fits the registers: `fits`) and does what the torch path does, step for step: same metrics,
+same stopping, same update.
 
 Triton comes with PyTorch's CUDA builds; without it (or on CPU and MPS) the torch path runs.
 """
