@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from harness import config
+from harness.services import group_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,14 +58,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class UiProcess:

@@ -4,7 +4,6 @@ machines: started here in a throwaway directory on free ports (`make test-servic
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from optuna.trial import TrialState
 from harness.services import Services
 from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.tracking import Tracker
-from conftest import ROOT
+from conftest import ROOT, free_port
 from test_tracking import METRICS, image_steps
 
 pytestmark = pytest.mark.services
@@ -37,12 +36,6 @@ grace_period = 3
 [sweep.space]
 lr = {{ low = 0.05, high = 1.0, log = true }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
