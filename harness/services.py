@@ -62,6 +62,25 @@ def group_alive(pid: int) -> bool:
         return False
 
 
+def stop_group(pid: int, timeout: float, first: int = signal.SIGTERM) -> None:
+    """Send `first` to the process group `pid` leads and wait up to `timeout` for all of it to
+    exit (reaping the leader when it is our child); then the same with SIGKILL."""
+    for sig in (first, signal.SIGKILL):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            if not group_alive(pid):
+                return
+            time.sleep(0.1)
+
+
 def answers(url: str, timeout: float = 2.0) -> bool:
     """Whether an MLflow server answers its health check at `url`."""
     try:
@@ -132,21 +151,7 @@ class MlflowServer:
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return
-        try:
-            os.killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            if not group_alive(pid):
-                break
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap it when it is our child (the tests)
-            except ChildProcessError:
-                pass
-            time.sleep(0.2)
-        else:
-            os.killpg(pid, signal.SIGKILL)
+        stop_group(pid, 30, signal.SIGKILL if kill else signal.SIGTERM)
         self.pid_file.unlink(missing_ok=True)
 
 

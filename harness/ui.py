@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from harness.config import ConfigError
-from harness.services import answers, group_alive, port_taken
+from harness.services import answers, port_taken, stop_group
 from harness.signals import interrupt_once
 from harness.tracking import Tracker, experiment_page, tracking_uri
 
@@ -72,27 +72,10 @@ def wait_until_up(process: subprocess.Popen, base_url: str, timeout: float = STA
     raise RuntimeError(f"the MLflow server did not answer on {base_url} within {timeout:.0f} s")
 
 
-def group_gone(process: subprocess.Popen, timeout: float) -> bool:
-    """Wait for every process of the server's group, not only its leader: the leader can
-    exit before the uvicorn process it started has closed the port."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        process.poll()  # reaps the leader
-        if not group_alive(process.pid):
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def stop(process: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM the server's process group, SIGKILL what lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        if group_gone(process, timeout):
-            break
+    """SIGTERM the server's process group, SIGKILL what lingers. The whole group, not only its
+    leader: the leader can exit before the uvicorn process it started has closed the port."""
+    stop_group(process.pid, timeout)
     process.poll()
 
 
