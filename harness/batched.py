@@ -8,7 +8,9 @@ SGD is applied per model. Model k follows the curve that `train.train` gives for
 
 Nothing leaves the device until the end: a model that diverges or reaches its iteration count
 is masked out (its weights stop moving, its metrics stop counting), without a sync per step.
-On CUDA the same step, for one hidden layer, is one Triton kernel (harness/fused.py).
+For one hidden layer and nothing drawn along the way (the seed scan), compiled kernels take
+over: on CUDA a step is one Triton kernel (harness/fused.py); on the CPU the whole run is one
+call into C (harness/fused_cpu.py), where the torch ops below are the fallback.
 """
 
 from dataclasses import dataclass
@@ -145,12 +147,23 @@ def one_kernel_step(cfgs: list[TrainConfig], n_features: int, device: torch.devi
     return fused.step if fused.triton is not None and fused.fits(cfgs[0].hidden[0], n_features) else None
 
 
+def one_call_run(cfgs: list[TrainConfig], device: torch.device, on_boundary):
+    """On the CPU, for one hidden layer and no boundary to draw, the whole run is one call into
+    compiled C (harness/fused_cpu.py); None where it cannot be built, and the torch ops run."""
+    if on_boundary is not None or device.type != "cpu" or len(cfgs[0].hidden) != 1:
+        return None
+    from harness import fused_cpu
+    return fused_cpu.train if fused_cpu.library() is not None else None
+
+
 @torch.no_grad()
-def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, on_boundary=None) -> BatchResult:
+def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, on_boundary=None,
+                kernels: bool = True) -> BatchResult:
     """Train len(cfgs) models at once; model k follows `train.train(cfgs[k], ...)`.
 
     `on_boundary(step, params, models, metrics)` is called where the single-model loop would
     draw model k's boundary, with the indices of those models and their metrics (4 x len).
+    `kernels=False` keeps to the torch ops where a compiled kernel would run (to compare them).
     """
     check_compatible(cfgs)
     k = len(cfgs)
@@ -176,9 +189,12 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
     xt1, xt1_val = with_ones(data.x_train), with_ones(data.x_val)
     onehot = F.one_hot(data.y_train, 3).float().T.contiguous()
 
-    one_kernel = one_kernel_step(cfgs, data.n_features, device, on_boundary)
+    one_kernel = kernels and one_kernel_step(cfgs, data.n_features, device, on_boundary)
+    one_call = kernels and one_call_run(cfgs, device, on_boundary)
+    if one_call:
+        one_call(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data)
 
-    for step in range(steps):
+    for step in range(steps if not one_call else 0):
         if one_kernel:
             one_kernel(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data, step)
             if step % 50 == 49 and not bool(active.any()):

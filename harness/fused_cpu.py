@@ -1,0 +1,111 @@
+"""The batched trainer's CPU fast path: harness/fused_cpu.c, built on first use.
+
+For one hidden layer and no boundary drawn during training (the seed scan), a block of 16
+models trains from its first step to its last inside one C call, with its weights in the L1
+cache and the models in the lanes of the vector registers. The blocks are shared out between
+torch's CPU threads (a ctypes call releases the GIL).
+
+The C file is compiled once per machine with its C compiler (`cc`, or `$CC`), with
+`-O3 -march=native`, into the user's cache folder. Where no compiler works (or on any other
+error while building), `library()` is None and the torch ops train the models instead.
+"""
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import threading
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("fused_cpu.c")
+FLAG_SETS = (["-O3", "-march=native", "-fopenmp-simd"], ["-O3", "-fopenmp-simd"], ["-O3"])  # the first that builds
+_built: dict[str, ctypes.CDLL | None] = {}
+_lock = threading.Lock()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wine-init"
+
+
+def _compile() -> ctypes.CDLL | None:
+    source = SOURCE.read_bytes()
+    compiler = os.environ.get("CC", "cc")
+    for flags in FLAG_SETS:
+        command = [compiler, *flags, "-std=c11", "-shared", "-fPIC"]
+        # -march=native code is for this machine only: a cache folder shared between machines
+        # (a home on a network disk) keeps one library per machine
+        key = hashlib.sha256(source + " ".join([*command, platform.node(), platform.machine()]).encode()).hexdigest()[:16]
+        path = cache_dir() / f"fused_cpu-{key}.so"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.part")  # processes building at once
+            try:
+                subprocess.run([*command, "-o", str(partial), str(SOURCE)], check=True, capture_output=True, timeout=120)
+                os.replace(partial, path)
+            except (OSError, subprocess.SubprocessError):
+                partial.unlink(missing_ok=True)
+                continue
+        try:
+            library = ctypes.CDLL(str(path))
+        except OSError:
+            continue
+        function = library.train_models
+        function.restype = ctypes.c_int
+        function.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 11 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
+            [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
+        return library
+    return None
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, or None where it cannot be built here."""
+    compiler = os.environ.get("CC", "cc")
+    with _lock:
+        if compiler not in _built:
+            _built[compiler] = _compile()
+        return _built[compiler]
+
+
+def train(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data) -> None:
+    """Train every model from step 0 to its iteration count, in place: `trained` is
+    [[W1 | b1], W2, b2] and the rest the state that batched.train_batch keeps (on the CPU)."""
+    lib = library()
+    k, hidden, f1 = trained[0].shape
+    assert bool(active.all()), "the kernel starts every model at step 0"
+    tensors = [t.contiguous() for t in (*trained, *buffers)]
+    x, x_val = data.x_train.contiguous(), data.x_val.contiguous()
+    flags = torch.zeros(k, dtype=torch.uint8)
+    last = last_step.to(torch.int64).contiguous()
+    steps = history.shape[1]
+    lanes = lib.lanes()
+    blocks = -(-k // lanes)
+    workers = max(1, min(torch.get_num_threads(), blocks))
+    bounds = [min(k, (blocks * i // workers) * lanes) for i in range(workers + 1)]
+    y, y_val = data.y_train.to(torch.int64).contiguous(), data.y_val.to(torch.int64).contiguous()
+    lr, momentum, iterations = lr.contiguous(), momentum.contiguous(), iterations.to(torch.int64).contiguous()
+    codes = [0] * workers
+
+    def run(i: int) -> None:
+        codes[i] = lib.train_models(
+            bounds[i], bounds[i + 1], k, hidden, f1 - 1, *(t.data_ptr() for t in tensors),
+            lr.data_ptr(), momentum.data_ptr(), iterations.data_ptr(), x.data_ptr(), y.data_ptr(), x.shape[0],
+            x_val.data_ptr(), y_val.data_ptr(), x_val.shape[0], steps, history.data_ptr(), last.data_ptr(),
+            flags.data_ptr())
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"fused-cpu-{i}") for i in range(1, workers)]
+    for thread in threads:
+        thread.start()
+    run(0)
+    for thread in threads:
+        thread.join()
+    if any(codes):
+        raise MemoryError("fused_cpu: out of memory for a block's weights")
+    for original, done in zip((*trained, *buffers), tensors):
+        if original.data_ptr() != done.data_ptr():
+            original.copy_(done)
+    last_step.copy_(last)
+    diverged |= flags.bool()
+    active.zero_()
