@@ -8,9 +8,9 @@ SGD is applied per model. Model k follows the curve that `train.train` gives for
 
 Nothing leaves the device until the end: a model that diverges or reaches its iteration count
 is masked out (its weights stop moving, its metrics stop counting), without a sync per step.
-For one hidden layer and nothing drawn along the way (the seed scan), compiled kernels take
-over: on CUDA a step is one Triton kernel (harness/fused.py); on the CPU the whole run is one
-call into C (harness/fused_cpu.py), where the torch ops below are the fallback.
+For one hidden layer, compiled kernels take over: on the CPU the whole run is one call into C
+(harness/fused_cpu.py), where the torch ops below are the fallback; on CUDA, with nothing to
+draw along the way (the seed scan), a step is one Triton kernel (harness/fused.py).
 """
 
 from dataclasses import dataclass
@@ -147,10 +147,10 @@ def one_kernel_step(cfgs: list[TrainConfig], n_features: int, device: torch.devi
     return fused.step if fused.triton is not None and fused.fits(cfgs[0].hidden[0], n_features) else None
 
 
-def one_call_run(cfgs: list[TrainConfig], device: torch.device, on_boundary):
-    """On the CPU, for one hidden layer and no boundary to draw, the whole run is one call into
-    compiled C (harness/fused_cpu.py); None where it cannot be built, and the torch ops run."""
-    if on_boundary is not None or device.type != "cpu" or len(cfgs[0].hidden) != 1:
+def one_call_run(cfgs: list[TrainConfig], device: torch.device):
+    """On the CPU, for one hidden layer, the whole run is one call into compiled C
+    (harness/fused_cpu.py); None where it cannot be built, and the torch ops run."""
+    if device.type != "cpu" or len(cfgs[0].hidden) != 1:
         return None
     from harness import fused_cpu
     return fused_cpu.train if fused_cpu.library() is not None else None
@@ -190,9 +190,16 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
     onehot = F.one_hot(data.y_train, 3).float().T.contiguous()
 
     one_kernel = kernels and one_kernel_step(cfgs, data.n_features, device, on_boundary)
-    one_call = kernels and one_call_run(cfgs, device, on_boundary)
+    one_call = kernels and one_call_run(cfgs, device)
     if one_call:
-        one_call(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data)
+        snap_steps = sorted(drawing_steps)
+        snapshots = one_call(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data,
+                             snap_steps)
+        for step, (w1b1, *rest) in zip(snap_steps, snapshots):  # the boundaries the loop below draws as it goes
+            measured = (step <= last_step) & ~(diverged & (step == last_step))
+            models = torch.nonzero(measured & ((step % plot_every == 0) | (step == iterations))).flatten()
+            if len(models):
+                on_boundary(step, [w1b1[..., :-1], w1b1[..., -1:], *rest], models, history[:, step, models].numpy())
 
     for step in range(steps if not one_call else 0):
         if one_kernel:

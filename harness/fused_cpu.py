@@ -1,9 +1,10 @@
 """The batched trainer's CPU fast path: harness/fused_cpu.c, built on first use.
 
-For one hidden layer and no boundary drawn during training (the seed scan), a block of 16
-models trains from its first step to its last inside one C call, with its weights in the L1
-cache and the models in the lanes of the vector registers. The blocks are shared out between
-torch's CPU threads (a ctypes call releases the GIL).
+For one hidden layer, a block of 16 models trains from its first step to its last inside one
+C call, with its weights in the L1 cache and the models in the lanes of the vector registers.
+The blocks are shared out between torch's CPU threads (a ctypes call releases the GIL). Where
+boundaries are to be drawn (the batched sweep), the weights of those steps are copied out,
+and the boundaries drawn from them once training is done.
 
 The C file is compiled once per machine with its C compiler (`cc`, or `$CC`), with
 `-O3 -march=native`, into the user's cache folder. Where no compiler works (or on any other
@@ -55,7 +56,7 @@ def _compile() -> ctypes.CDLL | None:
         function = library.train_models
         function.restype = ctypes.c_int
         function.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 11 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
-            [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3
+            [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
         return library
     return None
 
@@ -69,11 +70,17 @@ def library() -> ctypes.CDLL | None:
         return _built[compiler]
 
 
-def train(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data) -> None:
+def train(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data,
+          snap_steps: list[int] = ()) -> list[list[torch.Tensor]]:
     """Train every model from step 0 to its iteration count, in place: `trained` is
-    [[W1 | b1], W2, b2] and the rest the state that batched.train_batch keeps (on the CPU)."""
+    [[W1 | b1], W2, b2] and the rest the state that batched.train_batch keeps (on the CPU).
+    Returns, for each of `snap_steps` (increasing), the weights every model had at that step
+    (those that had stopped: zeros), laid out as `trained`."""
     lib = library()
     k, hidden, f1 = trained[0].shape
+    sizes = [hidden * f1, 3 * hidden, 3]
+    snaps = torch.as_tensor(list(snap_steps), dtype=torch.int64)
+    snapshots = torch.zeros(len(snaps), k, sum(sizes))
     assert bool(active.all()), "the kernel starts every model at step 0"
     tensors = [t.contiguous() for t in (*trained, *buffers)]
     x, x_val = data.x_train.contiguous(), data.x_val.contiguous()
@@ -93,7 +100,7 @@ def train(trained, buffers, lr, momentum, iterations, active, diverged, last_ste
             bounds[i], bounds[i + 1], k, hidden, f1 - 1, *(t.data_ptr() for t in tensors),
             lr.data_ptr(), momentum.data_ptr(), iterations.data_ptr(), x.data_ptr(), y.data_ptr(), x.shape[0],
             x_val.data_ptr(), y_val.data_ptr(), x_val.shape[0], steps, history.data_ptr(), last.data_ptr(),
-            flags.data_ptr())
+            flags.data_ptr(), len(snaps), snaps.data_ptr(), snapshots.data_ptr())
 
     threads = [threading.Thread(target=run, args=(i,), name=f"fused-cpu-{i}") for i in range(1, workers)]
     for thread in threads:
@@ -109,3 +116,4 @@ def train(trained, buffers, lr, momentum, iterations, active, diverged, last_ste
     last_step.copy_(last)
     diverged |= flags.bool()
     active.zero_()
+    return [[part.reshape(t.shape) for part, t in zip(snapshot.split(sizes, dim=1), trained)] for snapshot in snapshots]

@@ -100,7 +100,7 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
         shared = zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) if total is not None else 0
         jobs = [Job(sweep, study_name, storage_url, tracker.uri, parent.run_id, target,
                     sampler_seed=(settings.sampler_seed + 7919 * len(existing) + shared + i) % 2**32,
-                    wait_for_others=total is not None)
+                    wait_for_others=total is not None, workers=workers)
                 for i in range(workers)]
         with tqdm(total=max(target - counted, 0), desc=f"study {study_name}", unit="trial", disable=not progress) as bar:
             if pool:

@@ -152,11 +152,16 @@ def others_running(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
 
 
-def claim_trials(study: optuna.Study, storage: RDBStorage, target: int, most: int = 1) -> list[optuna.Trial]:
-    """Up to `most` trials to run (queued retries first); none once the budget is reached."""
+def claim_trials(study: optuna.Study, storage: RDBStorage, target: int, most: int = 1,
+                 workers: int = 1) -> list[optuna.Trial]:
+    """Up to `most` trials to run (queued retries first); none once the budget is reached.
+    Near the end of the budget a worker takes only its share of what is left, so that the
+    `workers` sharing the study finish together rather than one training a last batch alone."""
     claimed = []
     with study_lock(storage, study.study_name):
         fail_stale_trials(study)
+        left = target - budget_count(study.get_trials(deepcopy=False))
+        most = max(1, min(most, -(-left // workers)))
         while len(claimed) < most:
             trials = study.get_trials(deepcopy=False)
             waiting = any(t.state == TrialState.WAITING for t in trials)

@@ -85,6 +85,8 @@ class Job:
     sampler_seed: int
     wait_for_others: bool = False
     """with a total budget: stay until no trial runs anywhere, to retry those of workers that die"""
+    workers: int = 1
+    """worker processes on this machine sharing the study: the budget's last batches are split between them"""
 
 
 def state_of(result: TrainResult) -> str:
@@ -223,7 +225,7 @@ def work(job: Job, on_trial_done=None) -> None:
     workspace = None
     batch_size = job.sweep.settings.batch_size
     while True:
-        trials = study_storage.claim_trials(study, storage, job.target, batch_size)
+        trials = study_storage.claim_trials(study, storage, job.target, batch_size, job.workers)
         if not trials:
             if job.wait_for_others and study_storage.others_running(study):
                 time.sleep(job.sweep.settings.heartbeat_interval)  # a dead worker's trial comes back as a retry

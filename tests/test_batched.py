@@ -58,12 +58,35 @@ def test_cpu_kernel_follows_every_single_model_curve(hidden, features, cpu):
     common = dict(hidden=hidden, features=features)
     cfgs = configs(**common) + [config.build({"device": "cpu", "iterations": 30, "seed": 6, "lr": 1e6, **common})]
     cfgs += [config.build({"device": "cpu", "iterations": 40, "seed": s, "lr": 0.5, **common}) for s in range(10, 45)]
-    assert one_call_run(cfgs, cpu, None) is fused_cpu.train
-    assert one_call_run(cfgs, cpu, on_boundary=lambda *a: None) is None  # drawing needs the step-by-step loop
+    assert one_call_run(cfgs, cpu) is fused_cpu.train
     wine = data_lib.load(cfgs[0], cpu)
     batch = train_batch(cfgs, wine, cpu)
     assert list(np.flatnonzero(batch.diverged)) == [6]
     assert_same_curves(cfgs, batch, wine, cpu, exact_at_divergence=False)
+
+
+@needs_compiler
+def test_the_cpu_kernel_draws_the_boundaries_the_loop_draws(cpu):
+    """With a boundary to draw, the kernel copies out the weights of the drawing steps and the
+    boundaries are drawn after training: the same steps, models, weights and metrics."""
+    cfgs = configs() + [config.build({"device": "cpu", "iterations": 30, "seed": 6, "lr": 1e6}),
+                        config.build({"device": "cpu", "iterations": 25, "seed": 7, "plot_every": 7})]
+    wine = data_lib.load(cfgs[0], cpu)
+    drawn = {}
+    for kernels in (True, False):
+        calls = drawn[kernels] = []
+
+        def record(step, params, models, metrics):
+            calls.append((step, models.tolist(), [p[models].clone() for p in params], metrics.copy()))
+
+        train_batch(cfgs, wine, cpu, on_boundary=record, kernels=kernels)
+    assert [(step, models) for step, models, _, _ in drawn[True]] == [(step, models) for step, models, _, _ in drawn[False]]
+    assert 6 in drawn[True][0][1] and 6 not in drawn[True][-1][1]  # the diverging model: drawn until it diverges
+    assert (25, [7]) in [(step, models) for step, models, _, _ in drawn[True]]  # its last step, off its plot_every
+    for (step, _, params, metrics), (_, _, expected, expected_metrics) in zip(drawn[True], drawn[False]):
+        for got, want in zip(params, expected):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"weights at step {step}")
+        np.testing.assert_allclose(metrics, expected_metrics, rtol=1e-5, atol=1e-6, err_msg=f"metrics at step {step}")
 
 
 def test_without_a_compiler_the_torch_ops_train(tmp_path, monkeypatch, cpu):
@@ -71,7 +94,7 @@ def test_without_a_compiler_the_torch_ops_train(tmp_path, monkeypatch, cpu):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert fused_cpu.library() is None
     cfgs = configs()[:2]
-    assert one_call_run(cfgs, cpu, None) is None
+    assert one_call_run(cfgs, cpu) is None
     wine = data_lib.load(cfgs[0], cpu)
     assert_same_curves(cfgs, train_batch(cfgs, wine, cpu), wine, cpu)
 
