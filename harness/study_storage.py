@@ -160,14 +160,18 @@ def claim_trials(study: optuna.Study, storage: RDBStorage, target: int, most: in
     claimed = []
     with study_lock(storage, study.study_name):
         fail_stale_trials(study)
-        left = target - budget_count(study.get_trials(deepcopy=False))
-        most = max(1, min(most, -(-left // workers)))
-        while len(claimed) < most:
-            trials = study.get_trials(deepcopy=False)
-            waiting = any(t.state == TrialState.WAITING for t in trials)
-            if not waiting and budget_count(trials) >= target:
-                break
+        # read once: under the lock only this loop changes the count. `ask` takes a queued
+        # retry (already counted) before it makes a new trial (one more)
+        trials = study.get_trials(deepcopy=False)
+        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+        counted = budget_count(trials)
+        most = max(1, min(most, -(-(target - counted) // workers)))
+        while len(claimed) < most and (waiting or counted < target):
             trial = study.ask()
+            if waiting:
+                waiting -= 1
+            else:
+                counted += 1
             # a first heartbeat before the lock is released: Optuna only fails (and retries)
             # a dead trial that has one
             storage.record_heartbeat(trial._trial_id)
