@@ -2,9 +2,9 @@
 
 import multiprocessing
 import os
+import queue
 import signal
 import sys
-import time
 
 import optuna
 
@@ -16,13 +16,14 @@ def finished_count(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
 
 
-def worker_main(jobs) -> None:
-    """Entry point of a worker process: wait for the job, then work until the budget is spent."""
+def worker_main(jobs, done) -> None:
+    """Entry point of a worker process: wait for the job, then work until the budget is spent,
+    telling `done` the number of each trial it finishes."""
     stop_on_first_interrupt()
     try:
         job = jobs.recv()
         if job is not None:
-            work(job)
+            work(job, on_trial_done=done.put)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -37,9 +38,10 @@ class WorkerPool:
     def __init__(self, size: int):
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.processes, self.links = [], []
+        self.done = context.Queue()  # trials the workers finish, for the progress bar
         for i in range(size):
             receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=worker_main, args=(receive,), name=f"sweep-worker-{i}")
+            process = context.Process(target=worker_main, args=(receive, self.done), name=f"sweep-worker-{i}")
             process.start()
             self.processes.append(process)
             self.links.append(send)
@@ -51,9 +53,11 @@ class WorkerPool:
         start = finished_count(study)
         try:
             while any(p.is_alive() for p in self.processes):
-                progress.n = finished_count(study) - start
-                progress.refresh()
-                time.sleep(0.5)
+                try:  # the workers say when a trial ends: reading the whole study twice a second took CPU from them
+                    self.done.get(timeout=0.5)
+                    progress.update(1)
+                except queue.Empty:
+                    pass
         except KeyboardInterrupt:
             self.interrupt()
             raise
