@@ -74,13 +74,16 @@ def outcome_tags(result: TrainResult) -> dict[str, str]:
             "reached_target": str(result.iterations_to_target is not None).lower()}
 
 
-def record_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device, result: TrainResult,
-                       images: list[tuple[int, object]], *, run_name: str, parent_run_id: str | None = None,
-                       tags: dict[str, object] | None = None, on_start=None, end_tags=None) -> str:
-    """Log a run that was trained elsewhere (in a batch) exactly as `run_training` logs one:
-    the same params, every step's metrics, the boundary images, the outcome tags."""
-    with tracker.run(cfg.experiment, run_name, params=run_params(cfg, device), tags=tags,
-                     parent_run_id=parent_run_id) as logger:
+def start_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device, result: TrainResult,
+                      images: list[tuple[int, object]], *, run_name: str, parent_run_id: str | None = None,
+                      tags: dict[str, object] | None = None, on_start=None, end_tags=None) -> RunLogger:
+    """Log a run that was trained elsewhere (in a batch) exactly as `run_training` logs one (the
+    same params, every step's metrics, the boundary images, the outcome tags) and hand its
+    writes over without waiting for them: `tracker.close_run(logger, "FINISHED")` ends it once
+    they are in. A failure on the way closes the run (KILLED on Ctrl-C, else FAILED)."""
+    logger = tracker.open_run(cfg.experiment, run_name, params=run_params(cfg, device), tags=tags,
+                              parent_run_id=parent_run_id)
+    try:
         if on_start:
             on_start(logger.run_id)
         for step in range(result.last_step + 1):
@@ -88,6 +91,18 @@ def record_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device,
         for step, image in images:
             logger.log_image(image, key="boundary", step=step)
         finish_run(logger, result, end_tags)
+        logger.hand_over()
+    except BaseException as e:
+        tracker.close_run(logger, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    return logger
+
+
+def record_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device, result: TrainResult,
+                       images: list[tuple[int, object]], **run) -> str:
+    """`start_trained_run`, then the run closed once its writes are in; its id."""
+    logger = start_trained_run(cfg, tracker, device, result, images, **run)
+    tracker.close_run(logger, "FINISHED")
     return logger.run_id
 
 

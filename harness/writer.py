@@ -1,37 +1,242 @@
-"""The background thread that does a run's slow writes (metric batches, images) in order."""
+"""Where a run's slow writes (metric batches, step images) happen, in order, while training goes on.
 
+A run's logger hands them over as commands:
+  ("metrics", run_id, [(key, value, timestamp, step), ...])   one log_batch
+  ("image", run_id, image, key, step, timestamp)               encoded and staged (harness/images.py)
+  ("images", run_id)                                           the staged images written to the run
+  ("forget", run_id)                                           the run is closed: drop what is staged
+`Writer` carries them out on a background thread of this process. `WriterProcess` carries
+them out in a child process with its own MLflow client: MLflow's writes are Python that holds
+the GIL, so on a thread they take turns with the rest of this process, and in a process they
+run on another core (a batched sweep on a local store uses it). For both, `drain(run_id)` waits until the run's commands
+handed over so far are done and raises the first error one of them hit; `hand_over(run_id)`
+asks for that ahead, so that this process goes on meanwhile.
+"""
+
+import os
 import queue
+import signal
+import socket
+import subprocess
+import sys
 import threading
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from typing import Iterator
+
+from harness.images import ImageStage, encoded
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C waits until a message to or from the writer process is whole: cut in the middle,
+    the pipe would be out of step and the next drain would wait forever. Its handler then runs
+    as it would have (it raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread gets Python's signal handlers
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])
+
+
+class WriteError(RuntimeError):
+    """A write failed in the writer process; its message names the original error."""
+
+
+class Writes:
+    """Carries out the commands with one MLflow client."""
+
+    def __init__(self, client):
+        self.client = client
+        self.stages: dict[str, ImageStage] = {}
+
+    def run(self, command: tuple) -> None:
+        kind, run_id, *args = command
+        if kind == "metrics":
+            from mlflow.entities import Metric
+            self.client.log_batch(run_id, metrics=[Metric(*values) for values in args[0]])
+        elif kind == "image":
+            if run_id not in self.stages:
+                self.stages[run_id] = ImageStage(self.client, run_id)
+            self.stages[run_id].add(*args)
+        elif kind == "images":
+            if run_id in self.stages:
+                self.stages[run_id].write()
+        elif kind == "forget":
+            stage = self.stages.pop(run_id, None)
+            if stage is not None:
+                stage.discard()  # only after a failed write is anything left staged
+        else:
+            raise ValueError(f"unknown write command {kind!r}")
 
 
 class Writer:
-    """A background thread that does the slow writes (metric batches, images) in order, so
-    training goes on meanwhile. `drain` waits for them and raises the first error they hit."""
+    """The commands, on a background thread of this process."""
 
-    def __init__(self, max_pending: int = 64):
+    metric_batch = 1000  # values per log_batch: MLflow's limit, fewest calls (they hold the GIL)
+
+    def __init__(self, client, max_pending: int = 64):
+        self.writes = Writes(client)
         self.queue: queue.Queue = queue.Queue(maxsize=max_pending)  # bounds the memory held
         self.error: BaseException | None = None
         self.thread: threading.Thread | None = None
 
-    def submit(self, fn, *args) -> None:
+    def submit(self, command: tuple) -> None:
         if self.thread is None:
             self.thread = threading.Thread(target=self._loop, daemon=True, name="mlflow-writer")
             self.thread.start()
-        self.queue.put((fn, args))
+        self.queue.put(command)
 
     def _loop(self) -> None:
         while True:
-            fn, args = self.queue.get()
+            command = self.queue.get()
             try:
-                if self.error is None:
-                    fn(*args)
+                if self.error is None or command[0] == "forget":
+                    self.writes.run(command)
             except BaseException as e:  # kept for drain() to raise in the caller's thread
                 self.error = e
             finally:
                 self.queue.task_done()
 
-    def drain(self) -> None:
+    def hand_over(self, run_id: str) -> None:
+        """Nothing to do ahead of `drain` here: the thread writes everything in order anyway."""
+
+    def drain(self, run_id: str | None = None) -> None:
+        """Wait for every write handed over so far (of any run) and raise the first error."""
         self.queue.join()
         if self.error is not None:
             error, self.error = self.error, None
             raise error
+
+    def close(self) -> None:
+        """Nothing to release: the thread is a daemon that waits for commands."""
+
+
+class WriterProcess:
+    """The commands, in a child process (`python -m harness.writer`), started on the first one.
+
+    The child ignores Ctrl-C, which reaches the whole process group: this process decides what
+    to do (end the run KILLED, after `drain`). When this process dies, the child does what it
+    was handed and exits. POSIX only (it inherits a socket); elsewhere the thread is used."""
+
+    metric_batch = 250  # values per log_batch: a run's metrics go over while it trains, not at its end
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri = tracking_uri
+        self.process: subprocess.Popen | None = None
+        self.link: Connection | None = None
+        self.asked: list[str] = []  # runs whose "done?" went out, in order; the answers come in that order
+        self.answers: dict[str, str | None] = {}
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        for end, option in ((ours, socket.SO_SNDBUF), (theirs, socket.SO_RCVBUF)):
+            end.setsockopt(socket.SOL_SOCKET, option, 4 << 20)  # a trial's writes without waiting (the OS may cap it)
+        with theirs:
+            self.process = subprocess.Popen([sys.executable, "-m", "harness.writer", self.tracking_uri, str(theirs.fileno())],
+                                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        self.link = Connection(ours.detach())
+
+    def _gone(self) -> WriteError:
+        code = self.process.poll() if self.process else None
+        return WriteError(f"the MLflow writer process stopped (exit code {code}); the writes it was given may be lost")
+
+    def submit(self, command: tuple) -> None:
+        if self.process is None:
+            self._start()
+        if command[0] == "image":  # encoded here: 16 kB through the pipe instead of 150, and the child writes
+            command = (*command[:2], encoded(command[2]), *command[3:])
+        try:
+            with interrupts_held():
+                self.link.send(command)
+        except OSError:
+            raise self._gone() from None
+
+    def hand_over(self, run_id: str) -> None:
+        """Ask, without waiting, to be told when the run's writes handed over so far are done:
+        this process can go on (with the next run) while they are written."""
+        self.asked.append(run_id)  # before the request: a Ctrl-C is raised only once it is sent
+        try:
+            self.submit(("drain", run_id))
+        except WriteError:
+            self.asked.remove(run_id)
+            raise
+
+    def drain(self, run_id: str | None = None) -> None:
+        """Wait until the run's writes (all writes, without a run) are done; raise its error."""
+        if self.process is None:
+            return
+        if run_id is None or run_id not in self.asked:
+            self.hand_over(run_id)
+        try:
+            with interrupts_held():
+                while run_id not in self.answers:
+                    answered, error = self.link.recv()
+                    if answered in self.asked:
+                        self.asked.remove(answered)
+                    self.answers[answered] = error
+        except (OSError, EOFError):
+            raise self._gone() from None
+        error = self.answers.pop(run_id)
+        if error is not None:
+            raise WriteError(error)
+
+    def close(self) -> None:
+        """Stop the child once it has done everything it was given."""
+        if self.process is None:
+            return
+        try:
+            with interrupts_held():
+                self.link.send(("stop", None))
+        except OSError:
+            pass
+        self.link.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = self.link = None
+
+
+def child(tracking_uri: str, fd: int) -> None:
+    """The writer process: carry out commands until told to stop or the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from mlflow import MlflowClient
+
+    from harness.sqlite import tune_sqlite_connections
+
+    tune_sqlite_connections()
+    writes = Writes(MlflowClient(tracking_uri))
+    link = Connection(fd)
+    errors: dict[str, str] = {}  # run id -> its first failed write; the run's later writes are skipped
+    while True:
+        try:
+            command = link.recv()
+        except (EOFError, OSError):  # the parent is gone: what it handed over is done
+            break
+        kind, run_id = command[:2]
+        if kind == "stop":
+            break
+        if kind == "drain":  # None: every run's errors
+            failed = [errors.pop(r) for r in list(errors) if run_id is None or r == run_id]
+            link.send((run_id, failed[0] if failed else None))
+            continue
+        if run_id not in errors or kind == "forget":
+            try:
+                writes.run(command)
+            except Exception as e:
+                errors[run_id] = f"{type(e).__name__}: {e}"
+    for run_id in list(writes.stages):
+        writes.run(("forget", run_id))
+
+
+if __name__ == "__main__":
+    child(sys.argv[1], int(sys.argv[2]))
+    os._exit(0)  # every write is committed; no exit hook (MLflow's telemetry among them) may hold the exit up

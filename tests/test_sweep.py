@@ -287,6 +287,34 @@ def test_a_batched_sweep_logs_what_the_one_by_one_sweep_logs(tmp_path, stores, c
         assert trial.value == pytest.approx(single.final["val_loss"], rel=1e-5)
 
 
+def test_ctrl_c_while_a_batch_is_written_closes_every_run_of_the_batch(tmp_path, stores, monkeypatch):
+    """A batch hands a run's writes to the writer process and closes the run after the next
+    one is handed over: Ctrl-C in between leaves two runs open, and both must end KILLED."""
+    import harness.sweep as sweep_module
+
+    started = []
+
+    def interrupted_on_the_second(*args, **kwargs):
+        if started:
+            raise KeyboardInterrupt
+        started.append(sweep_module_start(*args, **kwargs))
+        return started[-1]
+
+    sweep_module_start = sweep_module.start_trained_run
+    monkeypatch.setattr(sweep_module, "start_trained_run", interrupted_on_the_second)
+    sweep = study_config.load(write(tmp_path, TINY.replace("heartbeat_interval = 1", "batch_size = 3\nheartbeat_interval = 1")))
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, trials=3, progress=False)
+    assert started and started[0].writer.process is None  # the writer process was stopped
+    study = load_study(stores)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3
+    client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
+    runs = children(client, study.user_attrs[PARENT_RUN_ATTR])
+    assert list(runs) == [0]
+    assert runs[0].info.status == "KILLED" and runs[0].data.tags["optuna.trial_state"] == "FAILED"
+    assert len(client.get_metric_history(runs[0].info.run_id, "train_loss")) == 31  # its writes were done first
+
+
 def test_a_trial_that_fails_before_training_is_failed_not_left_running(tmp_path, stores):
     run_sweep(study_config.load(write(tmp_path, TINY)), trials=1, progress=False)
     # lr becomes a categorical: Optuna refuses to change a parameter's distribution in a study

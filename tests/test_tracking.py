@@ -8,7 +8,9 @@ from PIL import Image
 from harness import images as images_module
 
 from harness.experiment import Workspace, run_training
+from harness.tracking import Tracker
 from harness.train import METRICS, Callbacks
+from harness.writer import WriteError
 from conftest import run_cli
 
 
@@ -93,17 +95,64 @@ def test_cli_train_prints_the_run_and_the_ui_command(cli_env):
     assert "train_loss" in proc.stdout and "open the UI: mlflow ui --backend-store-uri" in proc.stdout
 
 
-def test_a_failed_write_fails_the_run_instead_of_finishing_it(tracker):
+def test_a_failed_write_fails_the_run_instead_of_finishing_it(tracker, monkeypatch):
     logger = tracker.open_run("tests", "write-fails")
 
     def refuse(*args, **kwargs):
         raise OSError("disk full")
 
-    logger.client = type("Broken", (), {"log_batch": staticmethod(refuse)})()
+    monkeypatch.setattr(tracker.writer.writes, "client", type("Broken", (), {"log_batch": staticmethod(refuse)})())
     logger.log_metrics({"train_loss": 1.0}, step=0)
     with pytest.raises(OSError, match="disk full"):
         tracker.close_run(logger, "FINISHED")
     assert MlflowClient(tracker.uri).get_run(logger.run_id).info.status == "FAILED"
+
+
+def test_a_writer_process_writes_the_run_and_fails_it_on_a_failed_write(session_store):
+    """A sweep's writes go through a child process: the same records, the same failure path,
+    and a failure stays with its run."""
+    process_tracker = Tracker(session_store, writer_process=True)
+    client = MlflowClient(session_store)
+    try:
+        logger = process_tracker.open_run("tests", "written-by-a-process")
+        for step in range(3):
+            logger.log_metrics({"train_loss": 1.0 / (step + 1)}, step=step)
+        logger.log_image(Image.new("P", (384, 384), color=3), key="boundary", step=0)
+        process_tracker.close_run(logger, "FINISHED")
+        run = client.get_run(logger.run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.loggedImages"] == "True"
+        assert [m.value for m in client.get_metric_history(logger.run_id, "train_loss")] == pytest.approx([1.0, 0.5, 1 / 3])
+        assert image_steps(client, logger.run_id) == [0]
+
+        broken = process_tracker.open_run("tests", "refused-by-mlflow")
+        broken.log_metrics({"not a valid key!": 1.0}, step=0)  # MLflow refuses the name
+        with pytest.raises(WriteError, match="MlflowException"):
+            process_tracker.close_run(broken, "FINISHED")
+        assert client.get_run(broken.run_id).info.status == "FAILED"
+
+        after = process_tracker.open_run("tests", "after-a-failure")
+        after.log_metrics({"train_loss": 0.5}, step=0)
+        process_tracker.close_run(after, "FINISHED")
+        assert client.get_run(after.run_id).info.status == "FINISHED"
+        child = process_tracker.writer.process
+    finally:
+        process_tracker.close()
+    assert child.poll() == 0
+
+
+def test_a_writer_process_that_dies_fails_the_run(session_store):
+    process_tracker = Tracker(session_store, writer_process=True)
+    try:
+        logger = process_tracker.open_run("tests", "writer-killed")
+        logger.log_metrics({"train_loss": 1.0}, step=0)
+        logger.flush()
+        process_tracker.writer.process.kill()
+        process_tracker.writer.process.wait()
+        with pytest.raises(WriteError, match="writer process stopped"):
+            process_tracker.close_run(logger, "FINISHED")
+        assert MlflowClient(session_store).get_run(logger.run_id).info.status == "FAILED"
+    finally:
+        process_tracker.close()
 
 
 def artifact_layout(client, run_id):
