@@ -166,6 +166,7 @@ def bench_calls(quick: bool) -> dict[str, float]:
                 logger.log_image(image, key="boundary", step=step)
             logger.wait()
 
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(storage=os.environ["OPTUNA_STORAGE"], sampler=optuna.samplers.RandomSampler(seed=0))
 
         def optuna_trial():  # what the sweep asks of Optuna's storage for one trial
