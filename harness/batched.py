@@ -193,12 +193,15 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
     one_call = kernels and one_call_run(cfgs, device)
     if one_call:
         snap_steps = sorted(drawing_steps)
-        snapshots = one_call(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data,
-                             snap_steps)
-        for step, (w1b1, *rest) in zip(snap_steps, snapshots):  # the boundaries the loop below draws as it goes
+        at = torch.tensor(snap_steps, dtype=torch.long).view(-1, 1)
+        drawn_at = ((at % plot_every == 0) | (at == iterations)) & (at <= iterations)  # unless a model diverges first
+        weights_at = one_call(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data,
+                              snap_steps, drawn_at)
+        for index, step in enumerate(snap_steps):  # the boundaries the loop below draws as it goes
             measured = (step <= last_step) & ~(diverged & (step == last_step))
-            models = torch.nonzero(measured & ((step % plot_every == 0) | (step == iterations))).flatten()
+            models = torch.nonzero(measured & drawn_at[index]).flatten()
             if len(models):
+                w1b1, *rest = weights_at(index, models)
                 on_boundary(step, [w1b1[..., :-1], w1b1[..., -1:], *rest], models, history[:, step, models].numpy())
 
     for step in range(steps if not one_call else 0):

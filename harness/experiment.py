@@ -81,11 +81,11 @@ def start_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device, 
     same params, every step's metrics, the boundary images, the outcome tags) and hand its
     writes over without waiting for them: `tracker.close_run(logger, "FINISHED")` ends it once
     they are in. A failure on the way closes the run (KILLED on Ctrl-C, else FAILED)."""
-    logger = tracker.open_run(cfg.experiment, run_name, params=run_params(cfg, device), tags=tags,
-                              parent_run_id=parent_run_id)
+    logger = tracker.open_run(cfg.experiment, run_name, tags=tags, parent_run_id=parent_run_id)
     try:
         if on_start:
             on_start(logger.run_id)
+        logger.log_params(run_params(cfg, device))
         for step in range(result.last_step + 1):
             logger.log_metrics({m: values[step] for m, values in result.history.items()}, step=step)
         for step, image in images:

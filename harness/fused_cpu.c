@@ -132,7 +132,7 @@ static void train_block(int64_t first, int64_t end, int64_t K, int64_t H, int64_
                         const int64_t *iterations, const float *x, const int64_t *y, int64_t n,
                         const float *xv, const int64_t *yv, int64_t nv, int64_t steps, float *history,
                         int64_t *last_step, uint8_t *diverged, int64_t n_snaps, const int64_t *snap_steps,
-                        float *snapshots, Block *b) {
+                        const int64_t *slots, float *snapshots, Block *b) {
     const int64_t F1 = F + 1, n1 = H * F1, n2 = 3 * H, P = n1 + n2 + 3;
     int64_t snap = 0;
     int active[LANES];
@@ -173,7 +173,9 @@ static void train_block(int64_t first, int64_t end, int64_t K, int64_t H, int64_
         /* the weights this step measures, where a boundary is to be drawn from them */
         if (snap < n_snaps && snap_steps[snap] == step) {
             for (int64_t l = 0; l < lanes; l++) {
-                float *out = snapshots + (snap * K + first + l) * P;
+                int64_t slot = slots[snap * K + first + l];
+                if (slot < 0) continue;  /* this model draws nothing at this step */
+                float *out = snapshots + slot * P;
                 for (int64_t i = 0; i < n1; i++) out[i] = b->w1[i * LANES + l];
                 for (int64_t i = 0; i < n2; i++) out[n1 + i] = b->w2[i * LANES + l];
                 for (int c = 0; c < 3; c++) out[n1 + n2 + c] = b->b2[c * LANES + l];
@@ -306,14 +308,16 @@ int lanes(void) { return LANES; }
    batched.train_batch keeps them: w1 (K, H, F + 1) with the bias last, w2 (K, 3, H), b2
    (K, 3), their momentum buffers v1, v2, vb2 likewise; history (4, steps, K), NaN where not
    written; x (n, F) and xv (nv, F) row-major. At each of the n_snaps steps snap_steps (in
-   increasing order) every running model's weights are copied, before that step's update, to
-   snapshots (n_snaps, K, P): [w1 | w2 | b2], P = H (F + 1) + 3 H + 3 floats.
+   increasing order), the weights of each running model k with a slot (slots[snap, k] >= 0)
+   are copied, before that step's update, to row slots[snap, k] of snapshots (rows of
+   P = H (F + 1) + 3 H + 3 floats: [w1 | w2 | b2]).
    Returns 0, or -1 when out of memory. */
 int train_models(int64_t first_model, int64_t end_model, int64_t K, int64_t H, int64_t F, float *w1, float *w2,
                  float *b2, float *v1, float *v2, float *vb2, const float *lr, const float *momentum,
                  const int64_t *iterations, const float *x, const int64_t *y, int64_t n, const float *xv,
                  const int64_t *yv, int64_t nv, int64_t steps, float *history, int64_t *last_step,
-                 uint8_t *diverged, int64_t n_snaps, const int64_t *snap_steps, float *snapshots) {
+                 uint8_t *diverged, int64_t n_snaps, const int64_t *snap_steps, const int64_t *slots,
+                 float *snapshots) {
     const int64_t n1 = H * (F + 1), n2 = 3 * H;
     /* w1 g1 v1 (n1 each), w2 g2 v2 (n2 each), b2 gb2 vb2 (3 each), h (H) */
     size_t floats = (size_t)LANES * (3 * n1 + 3 * n2 + 9 + H);
@@ -332,7 +336,7 @@ int train_models(int64_t first_model, int64_t end_model, int64_t K, int64_t H, i
     b.h = b.gb2 + LANES * 3;
     for (int64_t first = first_model; first < end_model; first += LANES)
         train_block(first, end_model < K ? end_model : K, K, H, F, w1, w2, b2, v1, v2, vb2, lr, momentum, iterations,
-                    x, y, n, xv, yv, nv, steps, history, last_step, diverged, n_snaps, snap_steps, snapshots, &b);
+                    x, y, n, xv, yv, nv, steps, history, last_step, diverged, n_snaps, snap_steps, slots, snapshots, &b);
     free(memory);
     return 0;
 }

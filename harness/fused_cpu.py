@@ -15,8 +15,10 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import subprocess
 import threading
+from contextlib import suppress
 from pathlib import Path
 
 import torch
@@ -31,23 +33,32 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wine-init"
 
 
+def cpu_identity() -> str:
+    """What -march=native compiles for: a cache folder shared between machines (a home on a
+    network disk) keeps one library per kind of CPU."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(("flags", "Features")))
+    except (OSError, StopIteration):
+        flags = platform.node()
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
 def _compile() -> ctypes.CDLL | None:
     source = SOURCE.read_bytes()
-    compiler = os.environ.get("CC", "cc")
+    compiler = shlex.split(os.environ.get("CC", "cc"))  # CC="ccache cc" is a command with arguments
     for flags in FLAG_SETS:
-        command = [compiler, *flags, "-std=c11", "-shared", "-fPIC"]
-        # -march=native code is for this machine only: a cache folder shared between machines
-        # (a home on a network disk) keeps one library per machine
-        key = hashlib.sha256(source + " ".join([*command, platform.node(), platform.machine()]).encode()).hexdigest()[:16]
+        command = [*compiler, *flags, "-std=c11", "-shared", "-fPIC"]
+        key = hashlib.sha256(source + " ".join([*command, cpu_identity()]).encode()).hexdigest()[:16]
         path = cache_dir() / f"fused_cpu-{key}.so"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_name(f"{path.name}.{os.getpid()}.part")  # processes building at once
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 subprocess.run([*command, "-o", str(partial), str(SOURCE)], check=True, capture_output=True, timeout=120)
                 os.replace(partial, path)
             except (OSError, subprocess.SubprocessError):
-                partial.unlink(missing_ok=True)
+                with suppress(OSError):
+                    partial.unlink(missing_ok=True)
                 continue
         try:
             library = ctypes.CDLL(str(path))
@@ -56,7 +67,7 @@ def _compile() -> ctypes.CDLL | None:
         function = library.train_models
         function.restype = ctypes.c_int
         function.argtypes = [ctypes.c_int64] * 5 + [ctypes.c_void_p] * 11 + [ctypes.c_int64] + [ctypes.c_void_p] * 2 + \
-            [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 2
+            [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] + [ctypes.c_void_p] * 3
         return library
     return None
 
@@ -71,16 +82,21 @@ def library() -> ctypes.CDLL | None:
 
 
 def train(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data,
-          snap_steps: list[int] = ()) -> list[list[torch.Tensor]]:
+          snap_steps: list[int] = (), wanted: torch.Tensor | None = None):
     """Train every model from step 0 to its iteration count, in place: `trained` is
     [[W1 | b1], W2, b2] and the rest the state that batched.train_batch keeps (on the CPU).
-    Returns, for each of `snap_steps` (increasing), the weights every model had at that step
-    (those that had stopped: zeros), laid out as `trained`."""
+
+    `wanted` (len(snap_steps), K) says whose weights to keep at each of `snap_steps`
+    (increasing). Returns a function of (snapshot index, model indices) that gives those
+    models' weights at that step, laid out as `trained` with K rows (the others zero); only
+    the wanted ones are kept, so memory grows with the drawings, not steps x models."""
     lib = library()
     k, hidden, f1 = trained[0].shape
     sizes = [hidden * f1, 3 * hidden, 3]
     snaps = torch.as_tensor(list(snap_steps), dtype=torch.int64)
-    snapshots = torch.zeros(len(snaps), k, sum(sizes))
+    wanted = torch.zeros(len(snaps), k, dtype=torch.bool) if wanted is None else wanted
+    slots = torch.where(wanted, torch.cumsum(wanted.flatten(), 0).view_as(wanted) - 1, -1).contiguous()
+    snapshots = torch.zeros(int(wanted.sum()), sum(sizes))
     assert bool(active.all()), "the kernel starts every model at step 0"
     tensors = [t.contiguous() for t in (*trained, *buffers)]
     x, x_val = data.x_train.contiguous(), data.x_val.contiguous()
@@ -100,7 +116,7 @@ def train(trained, buffers, lr, momentum, iterations, active, diverged, last_ste
             bounds[i], bounds[i + 1], k, hidden, f1 - 1, *(t.data_ptr() for t in tensors),
             lr.data_ptr(), momentum.data_ptr(), iterations.data_ptr(), x.data_ptr(), y.data_ptr(), x.shape[0],
             x_val.data_ptr(), y_val.data_ptr(), x_val.shape[0], steps, history.data_ptr(), last.data_ptr(),
-            flags.data_ptr(), len(snaps), snaps.data_ptr(), snapshots.data_ptr())
+            flags.data_ptr(), len(snaps), snaps.data_ptr(), slots.data_ptr(), snapshots.data_ptr())
 
     threads = [threading.Thread(target=run, args=(i,), name=f"fused-cpu-{i}") for i in range(1, workers)]
     for thread in threads:
@@ -116,4 +132,10 @@ def train(trained, buffers, lr, momentum, iterations, active, diverged, last_ste
     last_step.copy_(last)
     diverged |= flags.bool()
     active.zero_()
-    return [[part.reshape(t.shape) for part, t in zip(snapshot.split(sizes, dim=1), trained)] for snapshot in snapshots]
+
+    def weights_at(index: int, models: torch.Tensor) -> list[torch.Tensor]:
+        rows = torch.zeros(k, sum(sizes))
+        rows[models] = snapshots[slots[index, models]]
+        return [part.reshape(t.shape) for part, t in zip(rows.split(sizes, dim=1), trained)]
+
+    return weights_at

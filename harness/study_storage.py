@@ -165,7 +165,7 @@ def claim_trials(study: optuna.Study, storage: RDBStorage, target: int, most: in
         trials = study.get_trials(deepcopy=False)
         waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
         counted = budget_count(trials)
-        most = max(1, min(most, -(-(target - counted) // workers)))
+        most = max(1, min(most, -(-(waiting + max(0, target - counted)) // workers)))
         while len(claimed) < most and (waiting or counted < target):
             trial = study.ask()
             if waiting:

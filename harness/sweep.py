@@ -220,12 +220,19 @@ def run_trial_batch(trials: list[optuna.Trial], job: Job, tracker: Tracker, work
     except ServiceError:
         raise  # as in run_trial: the heartbeat check fails and retries the batch's trials
     except BaseException as e:
-        for i, logger in list(open_runs.items()):  # handed over, not yet closed
+        for i in list(open_runs):  # handed over, not yet closed
+            if not isinstance(e, KeyboardInterrupt):
+                try:  # a later trial failed, not this one: it ends as it would have
+                    close_and_tell(i)
+                except Exception:
+                    pass  # its own writes failed: close_and_tell closed it FAILED and failed the trial
+                continue
+            logger = open_runs.pop(i)
             told.add(i)
             try:
-                tracker.close_run(logger, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+                tracker.close_run(logger, "KILLED")
             except Exception:
-                pass  # its writes failed too: it is closed FAILED all the same
+                pass  # its writes failed too: it is closed all the same
             fail(trials[i], tracker, logger.run_id)
         for i, trial in enumerate(trials):
             if i not in told:

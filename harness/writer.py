@@ -84,7 +84,7 @@ class Writer:
     def __init__(self, client, max_pending: int = 64):
         self.writes = Writes(client)
         self.queue: queue.Queue = queue.Queue(maxsize=max_pending)  # bounds the memory held
-        self.error: BaseException | None = None
+        self.errors: dict[str, BaseException] = {}  # run id -> its first failed write; its later writes are skipped
         self.thread: threading.Thread | None = None
 
     def submit(self, command: tuple) -> None:
@@ -97,10 +97,10 @@ class Writer:
         while True:
             command = self.queue.get()
             try:
-                if self.error is None or command[0] == "forget":
+                if command[1] not in self.errors or command[0] == "forget":
                     self.writes.run(command)
             except BaseException as e:  # kept for drain() to raise in the caller's thread
-                self.error = e
+                self.errors.setdefault(command[1], e)
             finally:
                 self.queue.task_done()
 
@@ -108,11 +108,12 @@ class Writer:
         """Nothing to do ahead of `drain` here: the thread writes everything in order anyway."""
 
     def drain(self, run_id: str | None = None) -> None:
-        """Wait for every write handed over so far (of any run) and raise the first error."""
+        """Wait for every write handed over so far and raise the run's first error (any run's
+        without one)."""
         self.queue.join()
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
+        failed = [self.errors.pop(r) for r in list(self.errors) if run_id is None or r == run_id]
+        if failed:
+            raise failed[0]
 
     def close(self) -> None:
         """Nothing to release: the thread is a daemon that waits for commands."""
@@ -131,8 +132,9 @@ class WriterProcess:
         self.tracking_uri = tracking_uri
         self.process: subprocess.Popen | None = None
         self.link: Connection | None = None
-        self.asked: list[str] = []  # runs whose "done?" went out, in order; the answers come in that order
-        self.answers: dict[str, str | None] = {}
+        self.asked: list[str | None] = []  # runs whose "done?" went out, in order; the answers come in that order
+        self.errors: dict[str | None, str] = {}  # answers that named a failed write, until that run's drain
+        self.unasked: set[str] = set()  # runs with commands handed over since their last "done?"
 
     def _start(self) -> None:
         ours, theirs = socket.socketpair()
@@ -144,7 +146,12 @@ class WriterProcess:
         self.link = Connection(ours.detach())
 
     def _gone(self) -> WriteError:
+        """The child died: what it was given may be lost. The next command starts a new one."""
         code = self.process.poll() if self.process else None
+        if self.link is not None:
+            self.link.close()
+        self.process = self.link = None
+        self.asked, self.errors, self.unasked = [], {}, set()
         return WriteError(f"the MLflow writer process stopped (exit code {code}); the writes it was given may be lost")
 
     def submit(self, command: tuple) -> None:
@@ -157,33 +164,34 @@ class WriterProcess:
                 self.link.send(command)
         except OSError:
             raise self._gone() from None
+        if command[0] != "drain":
+            self.unasked.add(command[1])
 
     def hand_over(self, run_id: str) -> None:
         """Ask, without waiting, to be told when the run's writes handed over so far are done:
         this process can go on (with the next run) while they are written."""
         self.asked.append(run_id)  # before the request: a Ctrl-C is raised only once it is sent
-        try:
-            self.submit(("drain", run_id))
-        except WriteError:
-            self.asked.remove(run_id)
-            raise
+        self.unasked.discard(run_id)
+        self.submit(("drain", run_id))
 
     def drain(self, run_id: str | None = None) -> None:
         """Wait until the run's writes (all writes, without a run) are done; raise its error."""
         if self.process is None:
             return
-        if run_id is None or run_id not in self.asked:
+        if run_id is None or run_id not in self.asked or run_id in self.unasked:
             self.hand_over(run_id)
         try:
-            with interrupts_held():
-                while run_id not in self.answers:
+            while run_id in self.asked:
+                if not self.link.poll(0.2):  # Ctrl-C stays possible while the writes go on
+                    continue
+                with interrupts_held():
                     answered, error = self.link.recv()
-                    if answered in self.asked:
-                        self.asked.remove(answered)
-                    self.answers[answered] = error
+                self.asked.remove(answered)
+                if error is not None:
+                    self.errors.setdefault(answered, error)
         except (OSError, EOFError):
             raise self._gone() from None
-        error = self.answers.pop(run_id)
+        error = self.errors.pop(run_id, None)
         if error is not None:
             raise WriteError(error)
 
@@ -203,6 +211,7 @@ class WriterProcess:
             self.process.kill()
             self.process.wait()
         self.process = self.link = None
+        self.asked, self.errors, self.unasked = [], {}, set()
 
 
 def child(tracking_uri: str, fd: int) -> None:
@@ -216,6 +225,7 @@ def child(tracking_uri: str, fd: int) -> None:
     writes = Writes(MlflowClient(tracking_uri))
     link = Connection(fd)
     errors: dict[str, str] = {}  # run id -> its first failed write; the run's later writes are skipped
+    answering = True  # until the parent stops listening: it may close or die with questions out
     while True:
         try:
             command = link.recv()
@@ -226,7 +236,11 @@ def child(tracking_uri: str, fd: int) -> None:
             break
         if kind == "drain":  # None: every run's errors
             failed = [errors.pop(r) for r in list(errors) if run_id is None or r == run_id]
-            link.send((run_id, failed[0] if failed else None))
+            if answering:
+                try:
+                    link.send((run_id, failed[0] if failed else None))
+                except OSError:
+                    answering = False
             continue
         if run_id not in errors or kind == "forget":
             try:

@@ -140,6 +140,40 @@ def test_a_writer_process_writes_the_run_and_fails_it_on_a_failed_write(session_
     assert child.poll() == 0
 
 
+@pytest.mark.parametrize("writer_process", [False, True], ids=["thread", "process"])
+def test_a_failed_write_fails_its_own_run_not_the_one_closed_before_it(session_store, writer_process):
+    """A batched sweep closes a run after the next one is handed over: the next one's failure
+    must stay with it."""
+    both = Tracker(session_store, writer_process=writer_process)
+    client = MlflowClient(session_store)
+    try:
+        first, second = both.open_run("tests", "first"), both.open_run("tests", "second")
+        first.log_metrics({"train_loss": 1.0}, step=0)
+        first.hand_over()
+        second.log_metrics({"not a valid key!": 1.0}, step=0)
+        second.hand_over()
+        both.close_run(first, "FINISHED")
+        with pytest.raises(Exception, match="not a valid key|Invalid"):
+            both.close_run(second, "FINISHED")
+        assert client.get_run(first.run_id).info.status == "FINISHED"
+        assert client.get_run(second.run_id).info.status == "FAILED"
+    finally:
+        both.close()
+
+
+def test_a_writer_process_closed_with_questions_out_still_does_what_it_was_given(session_store):
+    process_tracker = Tracker(session_store, writer_process=True)
+    logger = process_tracker.open_run("tests", "closed-early")
+    for step in range(500):
+        logger.log_metrics({"train_loss": 1.0, "val_loss": 2.0}, step=step)
+    logger.hand_over()  # a "done?" the parent will not wait for
+    child = process_tracker.writer.process
+    process_tracker.close()
+    assert child.returncode == 0
+    assert len(MlflowClient(session_store).get_metric_history(logger.run_id, "val_loss")) == 500
+    process_tracker.end_run(logger.run_id, "FINISHED")
+
+
 def test_a_writer_process_that_dies_fails_the_run(session_store):
     process_tracker = Tracker(session_store, writer_process=True)
     try:
@@ -151,6 +185,10 @@ def test_a_writer_process_that_dies_fails_the_run(session_store):
         with pytest.raises(WriteError, match="writer process stopped"):
             process_tracker.close_run(logger, "FINISHED")
         assert MlflowClient(session_store).get_run(logger.run_id).info.status == "FAILED"
+        after = process_tracker.open_run("tests", "after-the-writer-died")  # a new writer process
+        after.log_metrics({"train_loss": 0.5}, step=0)
+        process_tracker.close_run(after, "FINISHED")
+        assert MlflowClient(session_store).get_run(after.run_id).info.status == "FINISHED"
     finally:
         process_tracker.close()
 
