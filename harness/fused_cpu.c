@@ -70,7 +70,9 @@ static inline float log_at_least_one(float s) {
 }
 
 /* The weights, their gradients and momentum buffers of one block, lanes innermost:
-   w1[(j * F1 + f) * LANES + l] (f = F is the bias), w2[(c * H + j) * LANES + l], b2[c * LANES + l]. */
+   w1[(j * F1 + f) * LANES + l] (f = F is the bias), w2[(c * H + j) * LANES + l], b2[c * LANES + l].
+   w1, w2 and b2 lie back to back (P = H F1 + 3 H + 3 rows of LANES from w1), and so do v1, v2,
+   vb2 and g1, g2, gb2: what is done to every weight alike runs over the P rows at once. */
 typedef struct {
     float *w1, *w2, *b2, *g1, *g2, *gb2, *v1, *v2, *vb2, *h;
 } Block;
@@ -127,6 +129,15 @@ static inline void measure(const float l0[LANES], const float l1[LANES], const f
     }
 }
 
+/* One model's n values into lane l of n rows, and back. */
+static void to_lane(float *rows, const float *model, int64_t n, int64_t l) {
+    for (int64_t i = 0; i < n; i++) rows[i * LANES + l] = model[i];
+}
+
+static void from_lane(float *model, const float *rows, int64_t n, int64_t l) {
+    for (int64_t i = 0; i < n; i++) model[i] = rows[i * LANES + l];
+}
+
 static void train_block(int64_t first, int64_t end, int64_t K, int64_t H, int64_t F, float *w1, float *w2, float *b2,
                         float *v1, float *v2, float *vb2, const float *lr, const float *momentum,
                         const int64_t *iterations, const float *x, const int64_t *y, int64_t n,
@@ -141,7 +152,7 @@ static void train_block(int64_t first, int64_t end, int64_t K, int64_t H, int64_
     int64_t lanes = end - first < LANES ? end - first : LANES;
 
     /* gather the block's models into lanes; lanes past K stay zero and inactive */
-    memset(b->w1, 0, sizeof(float) * LANES * (3 * n1 + 3 * n2 + 9));
+    memset(b->w1, 0, sizeof(float) * LANES * 3 * P);  /* weights, buffers, gradients (see Block) */
     for (int l = 0; l < LANES; l++) {
         active[l] = l < lanes;
         rate[l] = l < lanes ? lr[first + l] : 0.0f;
@@ -150,18 +161,12 @@ static void train_block(int64_t first, int64_t end, int64_t K, int64_t H, int64_
     }
     for (int64_t l = 0; l < lanes; l++) {
         int64_t k = first + l;
-        for (int64_t i = 0; i < n1; i++) {
-            b->w1[i * LANES + l] = w1[k * n1 + i];
-            b->v1[i * LANES + l] = v1[k * n1 + i];
-        }
-        for (int64_t i = 0; i < n2; i++) {
-            b->w2[i * LANES + l] = w2[k * n2 + i];
-            b->v2[i * LANES + l] = v2[k * n2 + i];
-        }
-        for (int c = 0; c < 3; c++) {
-            b->b2[c * LANES + l] = b2[k * 3 + c];
-            b->vb2[c * LANES + l] = vb2[k * 3 + c];
-        }
+        to_lane(b->w1, w1 + k * n1, n1, l);
+        to_lane(b->w2, w2 + k * n2, n2, l);
+        to_lane(b->b2, b2 + k * 3, 3, l);
+        to_lane(b->v1, v1 + k * n1, n1, l);
+        to_lane(b->v2, v2 + k * n2, n2, l);
+        to_lane(b->vb2, vb2 + k * 3, 3, l);
     }
 
     float xs[F1];
@@ -175,10 +180,7 @@ static void train_block(int64_t first, int64_t end, int64_t K, int64_t H, int64_
             for (int64_t l = 0; l < lanes; l++) {
                 int64_t slot = slots[snap * K + first + l];
                 if (slot < 0) continue;  /* this model draws nothing at this step */
-                float *out = snapshots + slot * P;
-                for (int64_t i = 0; i < n1; i++) out[i] = b->w1[i * LANES + l];
-                for (int64_t i = 0; i < n2; i++) out[n1 + i] = b->w2[i * LANES + l];
-                for (int c = 0; c < 3; c++) out[n1 + n2 + c] = b->b2[c * LANES + l];
+                from_lane(snapshots + slot * P, b->w1, P, l);  /* [w1 | w2 | b2] */
             }
             snap++;
         }
@@ -256,24 +258,8 @@ static void train_block(int64_t first, int64_t end, int64_t K, int64_t H, int64_
             move[l] = active[l] ? 1.0f : 0.0f;
             keep_rate[l] = active[l] ? rate[l] : 0.0f;
         }
-        for (int64_t i = 0; i < n1; i++) {
+        for (int64_t i = 0; i < P; i++) {  /* w1, w2 and b2 in one pass (see Block) */
             float *w = b->w1 + i * LANES, *v = b->v1 + i * LANES, *g = b->g1 + i * LANES;
-            EACH_LANE {
-                float buf = v[l] * mu[l] + g[l];
-                v[l] = move[l] != 0.0f ? buf : v[l];
-                w[l] = move[l] != 0.0f ? w[l] - keep_rate[l] * buf : w[l];
-            }
-        }
-        for (int64_t i = 0; i < n2; i++) {
-            float *w = b->w2 + i * LANES, *v = b->v2 + i * LANES, *g = b->g2 + i * LANES;
-            EACH_LANE {
-                float buf = v[l] * mu[l] + g[l];
-                v[l] = move[l] != 0.0f ? buf : v[l];
-                w[l] = move[l] != 0.0f ? w[l] - keep_rate[l] * buf : w[l];
-            }
-        }
-        for (int i = 0; i < 3; i++) {
-            float *w = b->b2 + i * LANES, *v = b->vb2 + i * LANES, *g = b->gb2 + i * LANES;
             EACH_LANE {
                 float buf = v[l] * mu[l] + g[l];
                 v[l] = move[l] != 0.0f ? buf : v[l];
@@ -286,18 +272,12 @@ static void train_block(int64_t first, int64_t end, int64_t K, int64_t H, int64_
     for (int64_t l = 0; l < lanes; l++) {
         int64_t k = first + l;
         last_step[k] = last[l];
-        for (int64_t i = 0; i < n1; i++) {
-            w1[k * n1 + i] = b->w1[i * LANES + l];
-            v1[k * n1 + i] = b->v1[i * LANES + l];
-        }
-        for (int64_t i = 0; i < n2; i++) {
-            w2[k * n2 + i] = b->w2[i * LANES + l];
-            v2[k * n2 + i] = b->v2[i * LANES + l];
-        }
-        for (int c = 0; c < 3; c++) {
-            b2[k * 3 + c] = b->b2[c * LANES + l];
-            vb2[k * 3 + c] = b->vb2[c * LANES + l];
-        }
+        from_lane(w1 + k * n1, b->w1, n1, l);
+        from_lane(w2 + k * n2, b->w2, n2, l);
+        from_lane(b2 + k * 3, b->b2, 3, l);
+        from_lane(v1 + k * n1, b->v1, n1, l);
+        from_lane(v2 + k * n2, b->v2, n2, l);
+        from_lane(vb2 + k * 3, b->vb2, 3, l);
     }
 }
 
