@@ -55,6 +55,21 @@ class Writes:
     def __init__(self, client):
         self.client = client
         self.stages: dict[str, ImageStage] = {}
+        self.errors: dict[str | None, BaseException] = {}  # run id -> its first failed write
+
+    def carry_out(self, command: tuple) -> None:
+        """`run`, unless a write of the same run failed before (a "forget" always runs); a
+        failure is kept for `failures`."""
+        if command[1] in self.errors and command[0] != "forget":
+            return
+        try:
+            self.run(command)
+        except BaseException as e:
+            self.errors.setdefault(command[1], e)
+
+    def failures(self, run_id: str | None) -> list[BaseException]:
+        """The run's kept failure (every run's, for None), now forgotten."""
+        return [self.errors.pop(r) for r in list(self.errors) if run_id is None or r == run_id]
 
     def run(self, command: tuple) -> None:
         kind, run_id, *args = command
@@ -84,7 +99,6 @@ class Writer:
     def __init__(self, client, max_pending: int = 64):
         self.writes = Writes(client)
         self.queue: queue.Queue = queue.Queue(maxsize=max_pending)  # bounds the memory held
-        self.errors: dict[str, BaseException] = {}  # run id -> its first failed write; its later writes are skipped
         self.thread: threading.Thread | None = None
 
     def submit(self, command: tuple) -> None:
@@ -97,10 +111,7 @@ class Writer:
         while True:
             command = self.queue.get()
             try:
-                if command[1] not in self.errors or command[0] == "forget":
-                    self.writes.run(command)
-            except BaseException as e:  # kept for drain() to raise in the caller's thread
-                self.errors.setdefault(command[1], e)
+                self.writes.carry_out(command)  # a failure is kept for drain() to raise in the caller's thread
             finally:
                 self.queue.task_done()
 
@@ -111,7 +122,7 @@ class Writer:
         """Wait for every write handed over so far and raise the run's first error (any run's
         without one)."""
         self.queue.join()
-        failed = [self.errors.pop(r) for r in list(self.errors) if run_id is None or r == run_id]
+        failed = self.writes.failures(run_id)
         if failed:
             raise failed[0]
 
@@ -224,7 +235,6 @@ def child(tracking_uri: str, fd: int) -> None:
     tune_sqlite_connections()
     writes = Writes(MlflowClient(tracking_uri))
     link = Connection(fd)
-    errors: dict[str, str] = {}  # run id -> its first failed write; the run's later writes are skipped
     answering = True  # until the parent stops listening: it may close or die with questions out
     while True:
         try:
@@ -235,18 +245,14 @@ def child(tracking_uri: str, fd: int) -> None:
         if kind == "stop":
             break
         if kind == "drain":  # None: every run's errors
-            failed = [errors.pop(r) for r in list(errors) if run_id is None or r == run_id]
+            failed = writes.failures(run_id)
             if answering:
                 try:
-                    link.send((run_id, failed[0] if failed else None))
+                    link.send((run_id, f"{type(failed[0]).__name__}: {failed[0]}" if failed else None))
                 except OSError:
                     answering = False
             continue
-        if run_id not in errors or kind == "forget":
-            try:
-                writes.run(command)
-            except Exception as e:
-                errors[run_id] = f"{type(e).__name__}: {e}"
+        writes.carry_out(command)
     for run_id in list(writes.stages):
         writes.run(("forget", run_id))
 
