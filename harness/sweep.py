@@ -164,6 +164,7 @@ def run_trial_batch(trials: list[optuna.Trial], job: Job, tracker: Tracker, work
     """
     told = set()
     open_runs: dict[int, RunLogger] = {}  # trial index -> its run, writes handed over, not yet closed
+    results: dict[int, TrainResult] = {}
 
     def close_and_tell(i: int) -> None:
         logger = open_runs.pop(i)
@@ -178,7 +179,6 @@ def run_trial_batch(trials: list[optuna.Trial], job: Job, tracker: Tracker, work
         tell(trials[i], job, results[i])
         told.add(i)
 
-    results: dict[int, TrainResult] = {}
     try:
         cfgs = [suggest_config(trial, job) for trial in trials]
         groups: dict[tuple, list[int]] = {}
