@@ -38,6 +38,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness import study_config
 
     sweep = study_config.load(args.experiment, args.set)  # a bad key fails here, before the heavy imports
+    if (args.workers or sweep.settings.workers) == 1:
+        from harness import writer  # a lone worker's writer process (harness/sweep.py, `work`)
+
+        writer.start_early(writer.tracking_uri())
     from harness.study import run_sweep
     from harness.sweep_summary import format_table
 

@@ -1,5 +1,6 @@
 """One tracked training run: resolve the device, load the data, train, log it all to MLflow."""
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from harness.boundary import BoundaryRenderer, renderer_for
 from harness.config import TrainConfig, flatten
 from harness.runtime import resolve_device
 from harness.tracking import RunLogger, Tracker
-from harness.train import Callbacks, TrainResult, train
+from harness.train import Callbacks, TrainResult, first_reaching, train
 
 
 class LoggingCallbacks(Callbacks):
@@ -76,32 +77,56 @@ def outcome_tags(result: TrainResult) -> dict[str, str]:
 
 def start_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device, result: TrainResult,
                       images: list[tuple[int, object]], *, run_name: str, parent_run_id: str | None = None,
-                      tags: dict[str, object] | None = None, on_start=None, end_tags=None) -> RunLogger:
+                      tags: dict[str, object] | None = None, callbacks: Callbacks | None = None, on_start=None,
+                      end_tags=None) -> tuple[RunLogger, TrainResult]:
     """Log a run that was trained elsewhere (in a batch) exactly as `run_training` logs one (the
     same params, every step's metrics, the boundary images, the outcome tags) and hand its
     writes over without waiting for them: `tracker.close_run(logger, "FINISHED")` ends it once
-    they are in. A failure on the way closes the run (KILLED on Ctrl-C, else FAILED)."""
+    they are in. The steps are walked again as the loop walks them (`replay`), so `callbacks`
+    (a pruner) may end the run earlier than its training did; the result as logged is returned.
+    A failure on the way closes the run (KILLED on Ctrl-C, else FAILED)."""
     logger = tracker.open_run(cfg.experiment, run_name, tags=tags, parent_run_id=parent_run_id)
     try:
         if on_start:
             on_start(logger.run_id)
         logger.log_params(run_params(cfg, device))
-        for step in range(result.last_step + 1):
-            logger.log_metrics({m: values[step] for m, values in result.history.items()}, step=step)
-        for step, image in images:
-            logger.log_image(image, key="boundary", step=step)
+        result = replay(cfg, result, dict(images), logger, callbacks or Callbacks())
         finish_run(logger, result, end_tags)
         logger.hand_over()
     except BaseException as e:
         tracker.close_run(logger, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
-    return logger
+    return logger, result
+
+
+def replay(cfg: TrainConfig, result: TrainResult, images: dict[int, object], logger: RunLogger,
+           callbacks: Callbacks) -> TrainResult:
+    """`train.train`'s loop walked again over a finished result: each step's metrics logged and
+    given to `callbacks.on_step` (which may stop it there, as in the loop), each image logged
+    at its step. Returns the result up to where the loop would have stopped."""
+    out = TrainResult()
+    for step in range(result.last_step + 1):
+        metrics = {m: values[step] for m, values in result.history.items()}
+        for m, value in metrics.items():
+            out.history[m].append(value)
+        logger.log_metrics(metrics, step=step)
+        stop = callbacks.on_step(step, metrics)
+        if not math.isfinite(metrics["train_loss"]):
+            out.diverged = True
+            break
+        if stop:
+            out.stopped_early = True
+            break
+        if step in images:
+            logger.log_image(images[step], key="boundary", step=step)
+    out.iterations_to_target = first_reaching(out.history["train_accuracy"], cfg.target_accuracy)
+    return out
 
 
 def record_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device, result: TrainResult,
                        images: list[tuple[int, object]], **run) -> str:
     """`start_trained_run`, then the run closed once its writes are in; its id."""
-    logger = start_trained_run(cfg, tracker, device, result, images, **run)
+    logger, _ = start_trained_run(cfg, tracker, device, result, images, **run)
     tracker.close_run(logger, "FINISHED")
     return logger.run_id
 

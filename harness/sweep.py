@@ -1,8 +1,10 @@
 """A sweep's trials: each one an Optuna trial and a nested MLflow run.
 
-The objective is Optuna's usual shape: suggest the parameters, call the same training code as
-`make train`, report intermediate values, return one number (or one per objective). Workers,
-in this process or in others, claim trials from the shared study until the budget is spent.
+The objective is Optuna's usual shape: suggest the parameters, train, report intermediate
+values, return one number (or one per objective). On the CPU the training is the compiled
+kernel's, and its result is replayed step by step through the lecture loop's callbacks
+(`run_trials`); elsewhere it is `make train`'s loop. Workers, in this process or in others,
+claim trials from the shared study until the budget is spent.
 """
 
 import os
@@ -16,7 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from harness import study_storage
-from harness.batched import train_batch
+from harness.batched import one_call_run, train_batch
 from harness.boundary import title_text
 from harness.config import TrainConfig
 from harness.errors import ServiceError
@@ -135,12 +137,11 @@ def trial_run(job: Job, trial: optuna.Trial, run_ids: list[str]) -> dict[str, ob
             "on_start": on_start, "end_tags": lambda result: {"optuna.trial_state": state_of(result)}}
 
 
-def run_trial(trial: optuna.Trial, job: Job, tracker: Tracker, workspace: Workspace | None) -> Workspace:
-    """Train one trial as a child run of the study's parent run, and tell Optuna how it went."""
+def run_trial(trial: optuna.Trial, cfg: TrainConfig, job: Job, tracker: Tracker, workspace: Workspace) -> None:
+    """Train one trial in the lecture's loop, as a child run of the study's parent run that
+    fills as it trains, and tell Optuna how it went."""
     run_ids = []
     try:
-        cfg = suggest_config(trial, job)
-        workspace = Workspace.for_config(cfg, reuse=workspace)
         outcome = run_training(
             cfg, tracker, workspace,
             callbacks=ReportToTrial(trial, intermediate_metric(job.sweep.settings), cfg.plot_every),
@@ -151,92 +152,136 @@ def run_trial(trial: optuna.Trial, job: Job, tracker: Tracker, workspace: Worksp
         fail(trial, tracker, run_ids[0] if run_ids else None)
         raise
     tell(trial, job, outcome.result)
-    return workspace
 
 
-def run_trial_batch(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace: Workspace | None) -> Workspace:
-    """Train several trials as one batched computation, then log and tell each as `run_trial` does.
+class OpenRuns:
+    """Trials whose runs' writes are handed over to the writer but not yet in, oldest first.
 
-    The whole batch trains to the end, so the pruner is not consulted (a diverged trial is
-    still pruned); the intermediate values are reported afterwards, step by step. A trial's
-    run is closed and the trial told only once the next trial's writes are handed over, so
-    that a writer process writes one run while this process prepares the next.
+    A run is closed (and its trial told) only once the next run is handed over, or when the
+    worker stops: a writer process writes one run while this process trains, draws and replays
+    the next, from one batch to the next too. `trial_done(number)` follows the trials told.
     """
-    told = set()
-    open_runs: dict[int, RunLogger] = {}  # trial index -> its run, writes handed over, not yet closed
-    results: dict[int, TrainResult] = {}
 
-    def close_and_tell(i: int) -> None:
-        logger = open_runs.pop(i)
+    def __init__(self, job: Job, tracker: Tracker, trial_done=None):
+        self.job, self.tracker, self.trial_done = job, tracker, trial_done
+        self.runs: list[tuple[optuna.Trial, RunLogger, TrainResult]] = []
+        self.told: set[int] = set()  # the numbers of the trials that ended here
+
+    def trial_ids(self) -> list[int]:
+        return [trial._trial_id for trial, _, _ in self.runs]
+
+    def add(self, trial: optuna.Trial, logger: RunLogger, result: TrainResult) -> None:
+        """The newest run is handed over: close the ones before it."""
+        self.runs.append((trial, logger, result))
+        while len(self.runs) > 1:
+            self.close_first()
+
+    def close_all(self) -> None:
+        while self.runs:
+            self.close_first()
+
+    def close_first(self) -> None:
+        trial, logger, result = self.runs.pop(0)
         try:
-            tracker.close_run(logger, "FINISHED")
+            self.tracker.close_run(logger, "FINISHED")
         except ServiceError:
             raise
         except BaseException:
-            told.add(i)
-            fail(trials[i], tracker, logger.run_id)
+            fail(trial, self.tracker, logger.run_id)
+            self.done(trial)
             raise
-        tell(trials[i], job, results[i])
-        told.add(i)
+        tell(trial, self.job, result)
+        self.done(trial)
 
+    def done(self, trial: optuna.Trial) -> None:
+        self.told.add(trial.number)
+        if self.trial_done:
+            self.trial_done(trial.number)
+
+    def end(self, error: BaseException) -> None:
+        """An exception is on its way out: a run handed over before it is closed as it would
+        have been; on Ctrl-C it is KILLED and its trial failed."""
+        while self.runs:
+            if not isinstance(error, KeyboardInterrupt):
+                try:  # a later trial failed, not this one: it ends as it would have
+                    self.close_first()
+                except ServiceError:
+                    raise
+                except Exception:
+                    pass  # its own writes failed: close_first closed it FAILED and failed the trial
+                continue
+            trial, logger, _ = self.runs.pop(0)
+            try:
+                self.tracker.close_run(logger, "KILLED")
+            except Exception:
+                pass  # its writes failed too: it is closed all the same
+            fail(trial, self.tracker, logger.run_id)
+            self.done(trial)
+
+
+def trains_in_one_call(cfg: TrainConfig, workspace: Workspace) -> bool:
+    """Whether the compiled kernel trains this config (harness/batched.py, `one_call_run`)."""
+    return one_call_run([cfg], workspace.device) is not None
+
+
+def run_trials(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace: Workspace | None,
+               open_runs: OpenRuns) -> Workspace:
+    """Train the claimed trials, log each as a child run of the study's parent run, and tell
+    Optuna how each went (through `open_runs`, once its writes are in).
+
+    Trials train together, as one batched computation (harness/batched.py), then each run is
+    logged by walking its steps again as the loop does (`replay`): the pruner is consulted at
+    every report, and a pruned run ends where the loop would have stopped it. A lone trial that
+    no compiled kernel trains (a GPU, several hidden layers) trains in the lecture's loop instead.
+    """
     try:
         cfgs = [suggest_config(trial, job) for trial in trials]
+        if len(trials) == 1:
+            workspace = Workspace.for_config(cfgs[0], reuse=workspace)
+            if not trains_in_one_call(cfgs[0], workspace):
+                open_runs.close_all()
+                run_trial(trials[0], cfgs[0], job, tracker, workspace)
+                open_runs.done(trials[0])
+                return workspace
         groups: dict[tuple, list[int]] = {}
         for i, cfg in enumerate(cfgs):  # trials that cannot share a batch train in separate ones
             groups.setdefault((str(cfg.hidden), *Workspace.data_key(cfg)), []).append(i)
         for indices in groups.values():
             workspace = Workspace.for_config(cfgs[indices[0]], reuse=workspace)
-            images: dict[int, list] = {i: [] for i in indices}
-            renderer = workspace.renderer
+            drawn: dict[int, list] = {i: [] for i in indices}
 
-            def draw(step, params, models, metrics):  # one batched grid forward for the batch
-                regions = renderer.predict_regions_batched(params, models)
+            def keep(step, params, models, metrics):  # the weights to draw: drawn trial by trial, below
                 for j, m in enumerate(models.tolist()):
                     title = title_text(step, float(metrics[0, j]), float(metrics[1, j]))
-                    images[indices[m]].append((step, renderer.compose(regions[j], title)))
+                    drawn[indices[m]].append((step, [p[m].clone() for p in params], title))
 
-            batch = train_batch([cfgs[i] for i in indices], workspace.data, workspace.device, draw)
+            batch = train_batch([cfgs[i] for i in indices], workspace.data, workspace.device, keep)
             for j, i in enumerate(indices):
                 trial, cfg = trials[i], cfgs[i]
-                result = results[i] = batch.result(j, cfg.target_accuracy)
-                metric = intermediate_metric(job.sweep.settings)
-                if metric:
-                    for step in range(cfg.plot_every, result.last_step + 1, cfg.plot_every):
-                        trial.report(result.history[metric][step], step)
                 run_ids = []
                 try:
-                    open_runs[i] = start_trained_run(cfg, tracker, workspace.device, result, images.pop(i),
-                                                     **trial_run(job, trial, run_ids))
+                    # drawn here, not during training: while the writer writes the trial before
+                    steps, weights, titles = zip(*drawn.pop(i)) if drawn[i] else ((), (), ())
+                    images = zip(steps, workspace.renderer.render_stacked(weights, titles))
+                    logger, result = start_trained_run(
+                        cfg, tracker, workspace.device, batch.result(j, cfg.target_accuracy), list(images),
+                        callbacks=ReportToTrial(trial, intermediate_metric(job.sweep.settings), cfg.plot_every),
+                        **trial_run(job, trial, run_ids))
                 except ServiceError:
                     raise
                 except BaseException:
-                    told.add(i)
                     fail(trial, tracker, run_ids[0] if run_ids else None)
+                    open_runs.done(trial)
                     raise
-                for earlier in [k for k in open_runs if k != i]:
-                    close_and_tell(earlier)
-            for i in list(open_runs):
-                close_and_tell(i)
+                open_runs.add(trial, logger, result)
     except ServiceError:
-        raise  # as in run_trial: the heartbeat check fails and retries the batch's trials
+        raise  # as in run_trial: the heartbeat check fails and retries the trials
     except BaseException as e:
-        for i in list(open_runs):  # handed over, not yet closed
-            if not isinstance(e, KeyboardInterrupt):
-                try:  # a later trial failed, not this one: it ends as it would have
-                    close_and_tell(i)
-                except Exception:
-                    pass  # its own writes failed: close_and_tell closed it FAILED and failed the trial
-                continue
-            logger = open_runs.pop(i)
-            told.add(i)
-            try:
-                tracker.close_run(logger, "KILLED")
-            except Exception:
-                pass  # its writes failed too: it is closed all the same
-            fail(trials[i], tracker, logger.run_id)
-        for i, trial in enumerate(trials):
-            if i not in told:
+        open_runs.end(e)
+        for trial in trials:
+            if trial.number not in open_runs.told:
                 trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                open_runs.done(trial)
         raise
     return workspace
 
@@ -249,44 +294,45 @@ def load_study(job: Job, storage) -> optuna.Study:
 
 def work(job: Job, on_trial_done=None) -> None:
     """Claim and run trials until the budget is spent. A failing trial is FAILED and work goes on."""
-    # The network is tiny: torch's intra-op threads only fight the MLflow writer thread (and
-    # the other workers) for the cores, which slows each step several times over.
+    # The network is tiny: torch's intra-op threads only fight the MLflow writes (and the other
+    # workers) for the cores, which slows each step several times over.
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = study_storage.open_storage(job.storage_url, job.sweep.settings, job.tracking_uri)
     study = load_study(job, storage)
-    # A batch's runs are written all at once after training: a lone worker hands that to a writer
-    # process on the spare core while it prepares the next run (1.4x faster, measured). Several
-    # workers already fill the cores; one trial at a time, the writer thread already overlaps
-    # the writes with training.
-    tracker = Tracker(job.tracking_uri, writer_process=job.sweep.settings.batch_size > 1 and job.workers == 1)
+    # A lone worker on a local store hands its runs' writes to a writer process on the spare
+    # core, and trains, draws and replays the next run meanwhile (`OpenRuns`). Several workers
+    # already fill the cores: each keeps a writer thread.
+    tracker = Tracker(job.tracking_uri, writer_process=job.workers == 1)
     try:
-        claim_and_run(job, study, storage, tracker, on_trial_done)
+        claim_and_run(job, study, storage, tracker, OpenRuns(job, tracker, on_trial_done))
     finally:
         tracker.close()
 
 
-def claim_and_run(job: Job, study: optuna.Study, storage, tracker: Tracker, on_trial_done) -> None:
+def claim_and_run(job: Job, study: optuna.Study, storage, tracker: Tracker, open_runs: OpenRuns) -> None:
     workspace = None
     batch_size = job.sweep.settings.batch_size
-    while True:
-        trials = study_storage.claim_trials(study, storage, job.target, batch_size, job.workers)
-        if not trials:
-            if job.wait_for_others and study_storage.others_running(study):
-                time.sleep(job.sweep.settings.heartbeat_interval)  # a dead worker's trial comes back as a retry
-                continue
-            return
-        with study_storage.heartbeat(storage, [t._trial_id for t in trials], job.sweep.settings.heartbeat_interval):
-            try:
-                if batch_size == 1:
-                    workspace = run_trial(trials[0], job, tracker, workspace)
-                else:
-                    workspace = run_trial_batch(trials, job, tracker, workspace)
-            except (KeyboardInterrupt, ServiceError):
-                raise
-            except Exception as e:  # the trial is FAILED on both sides; the sweep goes on
-                numbers = ", ".join(str(t.number) for t in trials)
-                print(f"trial {numbers} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        if on_trial_done:
-            for trial in trials:
-                on_trial_done(trial.number)
+    try:
+        while True:
+            trials = study_storage.claim_trials(study, storage, job.target, batch_size, job.workers)
+            if not trials:
+                open_runs.close_all()
+                if job.wait_for_others and study_storage.others_running(study):
+                    time.sleep(job.sweep.settings.heartbeat_interval)  # a dead worker's trial comes back as a retry
+                    continue
+                return
+            beating = [t._trial_id for t in trials] + open_runs.trial_ids()
+            with study_storage.heartbeat(storage, beating, job.sweep.settings.heartbeat_interval):
+                try:
+                    workspace = run_trials(trials, job, tracker, workspace, open_runs)
+                except (KeyboardInterrupt, ServiceError):
+                    raise
+                except Exception as e:  # the trials are FAILED on both sides; the sweep goes on
+                    numbers = ", ".join(str(t.number) for t in trials)
+                    print(f"trial {numbers} failed: {type(e).__name__}: {e}", file=sys.stderr)
+    except ServiceError:
+        raise  # nothing can be closed: the heartbeat check fails and retries the open trials
+    except BaseException as e:  # Ctrl-C while claiming, a database gone: close what is open
+        open_runs.end(e)
+        raise

@@ -29,14 +29,9 @@ from harness.config import ConfigError
 from harness.images import full_size_step
 from harness.sqlite import tune_sqlite_connections
 from harness.tracking_server import TrackingUnavailable
-from harness.writer import WriteError, Writer, WriterProcess
+from harness.writer import DEFAULT_TRACKING_URI, WriteError, Writer, WriterProcess, tracking_uri
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 BATCH_LIMIT = 1000  # MLflow's limit of metric values per log_batch call
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def experiment_page(ui_base: str, experiment_id: str) -> str:

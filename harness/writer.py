@@ -26,6 +26,35 @@ from typing import Iterator
 
 from harness.images import ImageStage, encoded
 
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def spawn(tracking_uri: str) -> "tuple[subprocess.Popen, Connection]":
+    """A writer process for the store, and this end of its socket."""
+    ours, theirs = socket.socketpair()
+    for end, option in ((ours, socket.SO_SNDBUF), (theirs, socket.SO_RCVBUF)):
+        end.setsockopt(socket.SOL_SOCKET, option, 4 << 20)  # a trial's writes without waiting (the OS may cap it)
+    with theirs:
+        process = subprocess.Popen([sys.executable, "-m", "harness.writer", tracking_uri, str(theirs.fileno())],
+                                   pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+    return process, Connection(ours.detach())
+
+
+_early: "tuple[str, subprocess.Popen, Connection] | None" = None
+
+
+def start_early(tracking_uri: str) -> None:
+    """Start the writer process of a coming `WriterProcess` now: it spends 2-3 s importing MLflow,
+    which `harness sweep` lets it do while this process imports torch and opens the study.
+    Unused, it exits with this process."""
+    global _early
+    if _early is None and os.name == "posix" and tracking_uri.startswith("sqlite:///"):
+        _early = (tracking_uri, *spawn(tracking_uri))
+
 
 @contextmanager
 def interrupts_held() -> Iterator[None]:
@@ -148,13 +177,14 @@ class WriterProcess:
         self.unasked: set[str] = set()  # runs with commands handed over since their last "done?"
 
     def _start(self) -> None:
-        ours, theirs = socket.socketpair()
-        for end, option in ((ours, socket.SO_SNDBUF), (theirs, socket.SO_RCVBUF)):
-            end.setsockopt(socket.SOL_SOCKET, option, 4 << 20)  # a trial's writes without waiting (the OS may cap it)
-        with theirs:
-            self.process = subprocess.Popen([sys.executable, "-m", "harness.writer", self.tracking_uri, str(theirs.fileno())],
-                                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        self.link = Connection(ours.detach())
+        global _early
+        if _early is not None and _early[0] == self.tracking_uri and _early[1].poll() is None:
+            _, self.process, self.link = _early  # started by `start_early`
+        else:
+            if _early is not None:
+                _early[2].close()
+            self.process, self.link = spawn(self.tracking_uri)
+        _early = None
 
     def _gone(self) -> WriteError:
         """The child died: what it was given may be lost. The next command starts a new one."""

@@ -256,13 +256,21 @@ def test_searching_other_fields_and_a_fixed_default_key(tmp_path):
     assert trial.params["hidden"] in ("[8]", "[16, 16]")
 
 
-def test_a_batched_sweep_logs_what_the_one_by_one_sweep_logs(tmp_path, stores, cpu):
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_sweep_in_the_kernel_logs_what_the_lecture_loop_gives(tmp_path, stores, cpu, monkeypatch, batch_size):
+    """One trial at a time or in batches, the compiled kernel trains; the runs hold the curves of
+    the single-model loop. Batches of 3: one of 3, then one of 2."""
     from harness import data as data_lib
+    from harness import fused_cpu
+    import harness.sweep as sweep_module
     from harness.train import train
 
-    text = TINY.replace("heartbeat_interval = 1", "batch_size = 3\nheartbeat_interval = 1")
+    if fused_cpu.library() is None:
+        pytest.skip("no C compiler here: the sweep trains in the lecture's loop")
+    monkeypatch.setattr(sweep_module, "run_training", None)  # the loop's path is not taken
+    text = TINY.replace("heartbeat_interval = 1", f"batch_size = {batch_size}\nheartbeat_interval = 1")
     sweep = study_config.load(write(tmp_path, text))
-    summary = run_sweep(sweep, trials=5, progress=False)  # a batch of 3, then one of 2
+    summary = run_sweep(sweep, trials=5, progress=False)
     study = load_study(stores)
     client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
     trials = study.get_trials()
@@ -305,7 +313,8 @@ def test_ctrl_c_while_a_batch_is_written_closes_every_run_of_the_batch(tmp_path,
     sweep = study_config.load(write(tmp_path, TINY.replace("heartbeat_interval = 1", "batch_size = 3\nheartbeat_interval = 1")))
     with pytest.raises(KeyboardInterrupt):
         run_sweep(sweep, trials=3, progress=False)
-    assert started and started[0].writer.process is None  # the writer process was stopped
+    logger, _ = started[0]
+    assert logger.writer.process is None  # the writer process was stopped
     study = load_study(stores)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3
     client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
@@ -323,3 +332,30 @@ def test_a_trial_that_fails_before_training_is_failed_not_left_running(tmp_path,
     states = [t.state for t in load_study(stores).get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
     assert summary.counts["RUNNING"] == 0
+
+
+@pytest.mark.parametrize("path", ["kernel", "loop"])
+def test_a_pruned_trial_ends_where_the_loop_stops_it(tmp_path, stores, monkeypatch, path):
+    """The kernel trains a trial to its end, then its steps are replayed: the pruner stops the
+    replay where it stops the loop, and the run holds the same steps and images."""
+    import harness.sweep as sweep_module
+
+    if path == "loop":
+        monkeypatch.setattr(sweep_module, "trains_in_one_call", lambda cfg, workspace: False)
+    real = ReportToTrial.on_step
+
+    def prune_trial_1_at_step_20(self, step, metrics):
+        return real(self, step, metrics) or (self.trial.number == 1 and step == 20)
+
+    monkeypatch.setattr(ReportToTrial, "on_step", prune_trial_1_at_step_20)
+    summary = run_sweep(study_config.load(write(tmp_path, TINY)), trials=3, progress=False)
+    trials = load_study(stores).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    assert sorted(trials[1].intermediate_values) == [10, 20]
+    client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
+    runs = children(client, summary.parent_run_id)
+    pruned = runs[1]
+    assert pruned.info.status == "FINISHED" and pruned.data.tags["optuna.trial_state"] == "PRUNED"
+    assert sorted(m.step for m in client.get_metric_history(pruned.info.run_id, "val_loss")) == list(range(21))
+    assert image_steps(client, pruned.info.run_id) == [0, 10]
+    assert image_steps(client, runs[2].info.run_id) == [0, 10, 20, 30]

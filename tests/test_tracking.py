@@ -6,6 +6,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from harness import images as images_module
+from harness import writer as writer_module
 
 from harness.experiment import Workspace, run_training
 from harness.tracking import Tracker
@@ -229,3 +230,31 @@ def test_a_long_run_writes_its_images_before_it_ends(tracker, monkeypatch):
     assert image_steps(MlflowClient(tracker.uri), logger.run_id) == [0, 1]
     tracker.close_run(logger, "FINISHED")
     assert image_steps(MlflowClient(tracker.uri), logger.run_id) == [0, 1, 2]
+
+
+def test_a_writer_process_started_early_is_the_one_used(session_store, tmp_path):
+    def write_a_run(process_tracker):
+        logger = process_tracker.open_run("tests", "written-by-a-writer-process")
+        logger.log_metrics({"train_loss": 1.0}, step=0)
+        process_tracker.close_run(logger, "FINISHED")
+        assert MlflowClient(session_store).get_metric_history(logger.run_id, "train_loss")[0].value == 1.0
+
+    writer_module.start_early(f"sqlite:///{tmp_path}/another.db")
+    unused = writer_module._early[1]
+    process_tracker = Tracker(session_store, writer_process=True)
+    try:
+        write_a_run(process_tracker)  # another store's writer process is not used, but stopped
+        assert process_tracker.writer.process is not unused and writer_module._early is None
+        assert unused.wait(timeout=60) == 0
+    finally:
+        process_tracker.close()
+
+    writer_module.start_early(session_store)
+    early = writer_module._early[1]
+    process_tracker = Tracker(session_store, writer_process=True)
+    try:
+        write_a_run(process_tracker)
+        assert process_tracker.writer.process is early and writer_module._early is None
+    finally:
+        process_tracker.close()
+    assert early.poll() == 0
