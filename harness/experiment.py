@@ -89,9 +89,9 @@ def start_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device, 
     try:
         if on_start:
             on_start(logger.run_id)
-        logger.log_params(run_params(cfg, device))
+        logger.log_params(run_params(cfg, device), later=True)
         result = replay(cfg, result, dict(images), logger, callbacks or Callbacks())
-        finish_run(logger, result, end_tags)
+        finish_run(logger, result, end_tags, later=True)
         logger.hand_over()
     except BaseException as e:
         tracker.close_run(logger, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -131,10 +131,10 @@ def record_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device,
     return logger.run_id
 
 
-def finish_run(logger: RunLogger, result: TrainResult, end_tags=None) -> None:
+def finish_run(logger: RunLogger, result: TrainResult, end_tags=None, later: bool = False) -> None:
     if result.iterations_to_target is not None:
         logger.log_metrics({"iterations_to_target": result.iterations_to_target})
-    logger.set_tags({**outcome_tags(result), **(end_tags(result) if end_tags else {})})
+    logger.set_tags({**outcome_tags(result), **(end_tags(result) if end_tags else {})}, later=later)
 
 
 def run_training(cfg: TrainConfig, tracker: Tracker, workspace: Workspace | None = None, *,

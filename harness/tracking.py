@@ -10,6 +10,7 @@ A tracking server (an http URI) is reached through harness/tracking_server.py: b
 one clear line when it stays down.
 """
 
+import functools
 import os
 import subprocess
 import time
@@ -44,6 +45,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@functools.cache  # once a process: a sweep opens a run per trial
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
@@ -62,6 +64,8 @@ class RunLogger:
         self.run_id = run_id
         self.writer = writer
         self.pending: list[tuple] = []  # (key, value, timestamp, step): what mlflow's Metric takes
+        self.pending_params: list[tuple[str, str]] = []  # go with the next metrics (`later=True`)
+        self.pending_tags: list[tuple[str, str]] = []
         self.handed_over = False  # everything logged is with the writer (`hand_over`)
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
@@ -73,11 +77,16 @@ class RunLogger:
 
     def flush(self, whole_batches_only: bool = False) -> None:
         """Hand the buffered metrics to the writer, `writer.metric_batch` (at most BATCH_LIMIT) a
-        call; the rest too unless `whole_batches_only` (each log_batch has a fixed cost)."""
+        call, the buffered params and tags with the first; the rest too unless
+        `whole_batches_only` (each log_batch has a fixed cost)."""
         size = min(BATCH_LIMIT, self.writer.metric_batch)
-        while len(self.pending) >= (size if whole_batches_only else 1):
-            batch, self.pending = self.pending[:size], self.pending[size:]
-            self.writer.submit(("metrics", self.run_id, batch))
+        while (len(self.pending) >= size if whole_batches_only
+               else self.pending or self.pending_params or self.pending_tags):
+            params, self.pending_params = self.pending_params[:100], self.pending_params[100:]  # MLflow's limits
+            tags, self.pending_tags = self.pending_tags[:100], self.pending_tags[100:]
+            n = size - len(params) - len(tags)  # the limit of a call counts all three
+            batch, self.pending = self.pending[:n], self.pending[n:]
+            self.writer.submit(("batch", self.run_id, batch, params, tags))
 
     def hand_over(self) -> None:
         """Hand every write logged so far to the writer, without waiting for it (see `wait`)."""
@@ -93,12 +102,22 @@ class RunLogger:
         self.handed_over = False
         self.writer.drain(self.run_id)
 
-    def log_params(self, params: dict[str, object]) -> None:
+    def log_params(self, params: dict[str, object], later: bool = False) -> None:
+        """Now, or `later`: handed to the writer with the next metrics (`flush`)."""
+        if later:
+            self.handed_over = False
+            self.pending_params += [(k, str(v)) for k, v in params.items()]
+            return
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow's limit of params per call
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def set_tags(self, tags: dict[str, object]) -> None:
+    def set_tags(self, tags: dict[str, object], later: bool = False) -> None:
+        """Now, or `later`: handed to the writer with the next metrics (`flush`)."""
+        if later:
+            self.handed_over = False
+            self.pending_tags += [(k, str(v)) for k, v in tags.items()]
+            return
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_image(self, image: Image.Image, key: str, step: int) -> None:
@@ -128,6 +147,7 @@ class Tracker:
         self.client = tracking_server.ServerClient(client, self.uri) if self.is_server else client
         in_process = writer_process and self.local_db is not None and os.name == "posix"
         self.writer = WriterProcess(self.uri) if in_process else Writer(self.client)
+        self.experiment_ids: dict[str, str] = {}
 
     def close(self) -> None:
         """Stop the writer process, if there is one (every run's writes are in by then)."""
@@ -149,6 +169,11 @@ class Tracker:
             tracking_server.check(self.uri)
 
     def experiment_id(self, name: str) -> str:
+        if name not in self.experiment_ids:  # a sweep opens a run per trial in the same experiment
+            self.experiment_ids[name] = self._experiment_id(name)
+        return self.experiment_ids[name]
+
+    def _experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None and experiment.lifecycle_stage == "deleted":
             raise ConfigError(f"experiment: '{name}' is deleted in MLflow; restore it in the UI or choose another name")

@@ -1,7 +1,8 @@
 """Where a run's slow writes (metric batches, step images) happen, in order, while training goes on.
 
 A run's logger hands them over as commands:
-  ("metrics", run_id, [(key, value, timestamp, step), ...])   one log_batch
+  ("batch", run_id, [(key, value, timestamp, step), ...], [(key, value), ...], [(key, value), ...])
+                                                               one log_batch: metrics, params, tags
   ("image", run_id, image, key, step, timestamp)               encoded and staged (harness/images.py)
   ("images", run_id)                                           the staged images written to the run
   ("forget", run_id)                                           the run is closed: drop what is staged
@@ -102,9 +103,11 @@ class Writes:
 
     def run(self, command: tuple) -> None:
         kind, run_id, *args = command
-        if kind == "metrics":
-            from mlflow.entities import Metric
-            self.client.log_batch(run_id, metrics=[Metric(*values) for values in args[0]])
+        if kind == "batch":
+            from mlflow.entities import Metric, Param, RunTag
+            metrics, params, tags = args
+            self.client.log_batch(run_id, metrics=[Metric(*values) for values in metrics],
+                                  params=[Param(*p) for p in params], tags=[RunTag(*t) for t in tags])
         elif kind == "image":
             if run_id not in self.stages:
                 self.stages[run_id] = ImageStage(self.client, run_id)
