@@ -181,15 +181,19 @@ class OpenRuns:
             self.close_first()
 
     def close_first(self) -> None:
+        """Close the oldest run and tell its trial; a write of it that failed fails it alone."""
         trial, logger, result = self.runs.pop(0)
         try:
             self.tracker.close_run(logger, "FINISHED")
         except ServiceError:
             raise
-        except BaseException:
+        except BaseException as e:  # close_run ended the run FAILED (KILLED on Ctrl-C)
             fail(trial, self.tracker, logger.run_id)
             self.done(trial)
-            raise
+            if not isinstance(e, Exception):
+                raise
+            print(f"trial {trial.number} failed: {type(e).__name__}: {e}", file=sys.stderr)
+            return
         tell(trial, self.job, result)
         self.done(trial)
 
@@ -203,12 +207,7 @@ class OpenRuns:
         have been; on Ctrl-C it is KILLED and its trial failed."""
         while self.runs:
             if not isinstance(error, KeyboardInterrupt):
-                try:  # a later trial failed, not this one: it ends as it would have
-                    self.close_first()
-                except ServiceError:
-                    raise
-                except Exception:
-                    pass  # its own writes failed: close_first closed it FAILED and failed the trial
+                self.close_first()  # a later trial failed, not this one: it ends as it would have
                 continue
             trial, logger, _ = self.runs.pop(0)
             try:

@@ -221,8 +221,9 @@ class Tracker:
             logger.wait()
         except TrackingUnavailable:
             raise  # nothing more can be written; the run is closed like a dead worker's (study_storage)
-        except BaseException:
-            self.client.set_terminated(logger.run_id, "KILLED" if status == "KILLED" else "FAILED")
+        except BaseException as e:  # Ctrl-C while its writes went in: KILLED
+            killed = status == "KILLED" or isinstance(e, KeyboardInterrupt)
+            self.client.set_terminated(logger.run_id, "KILLED" if killed else "FAILED")
             raise
         finally:
             with suppress(WriteError):  # a writer process that died has nothing left to forget

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Iterator
@@ -178,6 +179,11 @@ class WriterProcess:
         self.asked: list[str | None] = []  # runs whose "done?" went out, in order; the answers come in that order
         self.errors: dict[str | None, str] = {}  # answers that named a failed write, until that run's drain
         self.unasked: set[str] = set()  # runs with commands handed over since their last "done?"
+        # Images are encoded here (16 kB through the socket instead of 150), on a thread: Pillow
+        # lets go of the GIL while it encodes, so this process goes on meanwhile. They wait in
+        # `encoding`, in order, and go out before any command that must follow them.
+        self.encoder: ThreadPoolExecutor | None = None
+        self.encoding: list[tuple] = []
 
     def _start(self) -> None:
         global _early
@@ -195,20 +201,42 @@ class WriterProcess:
         if self.link is not None:
             self.link.close()
         self.process = self.link = None
-        self.asked, self.errors, self.unasked = [], {}, set()
+        self.asked, self.errors, self.unasked, self.encoding = [], {}, set(), []
         return WriteError(f"the MLflow writer process stopped (exit code {code}); the writes it was given may be lost")
 
     def submit(self, command: tuple) -> None:
         if self.process is None:
             self._start()
-        if command[0] == "image":  # encoded here: 16 kB through the pipe instead of 150, and the child writes
-            command = (*command[:2], encoded(command[2]), *command[3:])
+        if command[0] == "image":
+            if self.encoder is None:
+                self.encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-encoder")
+            self.encoding.append((*command[:2], self.encoder.submit(encoded, command[2]), *command[3:]))
+            self.unasked.add(command[1])
+            self._send_encoded(wait=False)
+            return
+        if command[0] != "batch":  # metrics may pass the images; the rest comes after them
+            self._send_encoded(wait=True)
+        self._send(command)
+
+    def _send_encoded(self, wait: bool) -> None:
+        """Send the images encoded so far, in order; with `wait`, all of them."""
+        while self.encoding and (wait or self.encoding[0][2].done()):
+            kind, run_id, files, *rest = self.encoding[0]
+            try:
+                files = files.result()
+            except BaseException:
+                self.encoding.pop(0)
+                raise
+            self.encoding.pop(0)
+            self._send((kind, run_id, files, *rest))
+
+    def _send(self, command: tuple) -> None:
         try:
             with interrupts_held():
                 self.link.send(command)
         except OSError:
             raise self._gone() from None
-        if command[0] != "drain":
+        if command[0] not in ("drain", "image"):  # an image counted when it was submitted
             self.unasked.add(command[1])
 
     def hand_over(self, run_id: str) -> None:
@@ -255,7 +283,10 @@ class WriterProcess:
             self.process.kill()
             self.process.wait()
         self.process = self.link = None
-        self.asked, self.errors, self.unasked = [], {}, set()
+        self.asked, self.errors, self.unasked, self.encoding = [], {}, set(), []  # unsent images: a run not closed
+        if self.encoder is not None:
+            self.encoder.shutdown()
+            self.encoder = None
 
 
 def child(tracking_uri: str, fd: int) -> None:
