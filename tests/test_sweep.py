@@ -359,3 +359,32 @@ def test_a_pruned_trial_ends_where_the_loop_stops_it(tmp_path, stores, monkeypat
     assert sorted(m.step for m in client.get_metric_history(pruned.info.run_id, "val_loss")) == list(range(21))
     assert image_steps(client, pruned.info.run_id) == [0, 10]
     assert image_steps(client, runs[2].info.run_id) == [0, 10, 20, 30]
+
+
+def test_a_run_whose_writes_fail_fails_its_own_trial_and_the_next_one_goes_on(tmp_path, stores, capsys):
+    """Runs are closed one trial late (`OpenRuns`): the failure must stay with its own trial."""
+    from harness.sweep import Job, OpenRuns
+    from harness.tracking import Tracker
+    from harness.train import TrainResult
+
+    sweep = study_config.load(write(tmp_path, TINY))
+    study = optuna.create_study(study_name="tiny", storage=stores["OPTUNA_STORAGE"])
+    tracker = Tracker(stores["MLFLOW_TRACKING_URI"], writer_process=True)
+    job = Job(sweep, "tiny", stores["OPTUNA_STORAGE"], tracker.uri, parent_run_id="", target=2, sampler_seed=0)
+    result = TrainResult(history={m: [0.5] for m in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")})
+    open_runs = OpenRuns(job, tracker)
+    try:
+        for number, key in enumerate(["not a valid key!", "val_loss"]):  # MLflow refuses the first name
+            logger = tracker.open_run("tiny-sweep", f"trial-{number}")
+            logger.log_metrics({key: 0.5}, step=0)
+            logger.hand_over()
+            open_runs.add(study.ask(), logger, result)  # the second closes the first
+        open_runs.close_all()
+    finally:
+        tracker.close()
+    assert [t.state for t in load_study(stores).get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert open_runs.told == {0, 1}
+    client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("tiny-sweep").experiment_id])}
+    assert runs["trial-0"].info.status == "FAILED" and runs["trial-1"].info.status == "FINISHED"
+    assert "trial 0 failed: WriteError" in capsys.readouterr().err
