@@ -26,6 +26,7 @@ from harness.experiment import Workspace, run_training, start_trained_run
 from harness.study_config import PRUNERS, Sweep, SweepConfig
 from harness.study_storage import RUN_ID_ATTR
 from harness.tracking import RunLogger, Tracker
+from harness.writer import WriterProcess
 from harness.train import Callbacks, TrainResult
 
 
@@ -170,6 +171,12 @@ class OpenRuns:
     def trial_ids(self) -> list[int]:
         return [trial._trial_id for trial, _, _ in self.runs]
 
+    def beat(self, storage) -> None:
+        """A heartbeat for each open trial now: its last one, from the claim before, may be
+        nearly an interval old, and the next claim's first comes an interval later."""
+        for trial_id in self.trial_ids():
+            storage.record_heartbeat(trial_id)
+
     def add(self, trial: optuna.Trial, logger: RunLogger, result: TrainResult) -> None:
         """The newest run is handed over: close the ones before it."""
         self.runs.append((trial, logger, result))
@@ -194,7 +201,22 @@ class OpenRuns:
                 raise
             print(f"trial {trial.number} failed: {type(e).__name__}: {e}", file=sys.stderr)
             return
-        tell(trial, self.job, result)
+        try:
+            tell(trial, self.job, result)
+        except BaseException:  # not left RUNNING: no claim of this worker covers it any more
+            trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+        finally:
+            self.done(trial)
+
+    def kill_first(self) -> None:
+        """The oldest run ends KILLED once its writes are in; its trial is failed."""
+        trial, logger, _ = self.runs.pop(0)
+        try:
+            self.tracker.close_run(logger, "KILLED")
+        except Exception:
+            pass  # its writes failed too: it is closed all the same
+        fail(trial, self.tracker, logger.run_id)
         self.done(trial)
 
     def done(self, trial: optuna.Trial) -> None:
@@ -203,19 +225,16 @@ class OpenRuns:
             self.trial_done(trial.number)
 
     def end(self, error: BaseException) -> None:
-        """An exception is on its way out: a run handed over before it is closed as it would
-        have been; on Ctrl-C it is KILLED and its trial failed."""
+        """An exception is on its way out: a run handed over before it (its trial trained to
+        the end) is closed as it would have been, Ctrl-C or not. A Ctrl-C while they are
+        closed ends the rest KILLED, their trials failed."""
         while self.runs:
-            if not isinstance(error, KeyboardInterrupt):
-                self.close_first()  # a later trial failed, not this one: it ends as it would have
-                continue
-            trial, logger, _ = self.runs.pop(0)
             try:
-                self.tracker.close_run(logger, "KILLED")
-            except Exception:
-                pass  # its writes failed too: it is closed all the same
-            fail(trial, self.tracker, logger.run_id)
-            self.done(trial)
+                self.close_first()
+            except KeyboardInterrupt:
+                while self.runs:
+                    self.kill_first()
+                raise
 
 
 def trains_in_one_call(cfg: TrainConfig, workspace: Workspace) -> bool:
@@ -257,6 +276,8 @@ def run_trials(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace
             batch = train_batch([cfgs[i] for i in indices], workspace.data, workspace.device, keep)
             for j, i in enumerate(indices):
                 trial, cfg = trials[i], cfgs[i]
+                if job.sweep.settings.pruner != "none":  # the pruner compares with the trials before
+                    open_runs.close_all()
                 run_ids = []
                 try:
                     # drawn here, not during training: while the writer writes the trial before
@@ -316,15 +337,19 @@ def claim_and_run(job: Job, study: optuna.Study, storage, tracker: Tracker, open
         while True:
             trials = study_storage.claim_trials(study, storage, job.target, batch_size, job.workers)
             if not trials:
+                open_runs.beat(storage)
                 open_runs.close_all()
                 if job.wait_for_others and study_storage.others_running(study):
                     time.sleep(job.sweep.settings.heartbeat_interval)  # a dead worker's trial comes back as a retry
                     continue
                 return
+            open_runs.beat(storage)
             beating = [t._trial_id for t in trials] + open_runs.trial_ids()
             with study_storage.heartbeat(storage, beating, job.sweep.settings.heartbeat_interval):
                 try:
                     workspace = run_trials(trials, job, tracker, workspace, open_runs)
+                    if not isinstance(tracker.writer, WriterProcess):
+                        open_runs.close_all()  # a thread's writes do not run beside the next claim's
                 except (KeyboardInterrupt, ServiceError):
                     raise
                 except Exception as e:  # the trials are FAILED on both sides; the sweep goes on

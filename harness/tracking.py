@@ -84,7 +84,7 @@ class RunLogger:
                else self.pending or self.pending_params or self.pending_tags):
             params, self.pending_params = self.pending_params[:100], self.pending_params[100:]  # MLflow's limits
             tags, self.pending_tags = self.pending_tags[:100], self.pending_tags[100:]
-            n = size - len(params) - len(tags)  # the limit of a call counts all three
+            n = max(0, size - len(params) - len(tags))  # the limit of a call counts all three
             batch, self.pending = self.pending[:n], self.pending[n:]
             self.writer.submit(("batch", self.run_id, batch, params, tags))
 

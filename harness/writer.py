@@ -184,6 +184,8 @@ class WriterProcess:
         # `encoding`, in order, and go out before any command that must follow them.
         self.encoder: ThreadPoolExecutor | None = None
         self.encoding: list[tuple] = []
+        self.sent: set[str] = set()  # runs with commands sent to the child, until their "forget"
+        self.lost: set[str] = set()  # runs whose commands went to a child that died
 
     def _start(self) -> None:
         global _early
@@ -201,7 +203,8 @@ class WriterProcess:
         if self.link is not None:
             self.link.close()
         self.process = self.link = None
-        self.asked, self.errors, self.unasked, self.encoding = [], {}, set(), []
+        self.lost |= self.sent | self.unasked  # their drains raise, whichever run noticed first
+        self.asked, self.errors, self.unasked, self.encoding, self.sent = [], {}, set(), [], set()
         return WriteError(f"the MLflow writer process stopped (exit code {code}); the writes it was given may be lost")
 
     def submit(self, command: tuple) -> None:
@@ -238,16 +241,25 @@ class WriterProcess:
             raise self._gone() from None
         if command[0] not in ("drain", "image"):  # an image counted when it was submitted
             self.unasked.add(command[1])
+        if command[0] == "forget":
+            self.sent.discard(command[1])
+        elif command[0] != "drain":
+            self.sent.add(command[1])
 
     def hand_over(self, run_id: str) -> None:
         """Ask, without waiting, to be told when the run's writes handed over so far are done:
         this process can go on (with the next run) while they are written."""
+        self._send_encoded(wait=True)  # first: a Ctrl-C may come while it waits
         self.asked.append(run_id)  # before the request: a Ctrl-C is raised only once it is sent
         self.unasked.discard(run_id)
         self.submit(("drain", run_id))
 
     def drain(self, run_id: str | None = None) -> None:
         """Wait until the run's writes (all writes, without a run) are done; raise its error."""
+        if run_id in self.lost or (run_id is None and self.lost):
+            lost = [run_id] if run_id is not None else list(self.lost)
+            self.lost.difference_update(lost)
+            raise WriteError(f"the MLflow writer process stopped before it wrote everything of run {lost[0]}")
         if self.process is None:
             return
         if run_id is None or run_id not in self.asked or run_id in self.unasked:
@@ -297,7 +309,9 @@ def child(tracking_uri: str, fd: int) -> None:
     from harness.sqlite import tune_sqlite_connections
 
     tune_sqlite_connections()
-    writes = Writes(MlflowClient(tracking_uri))
+    # The store is opened at the first command, not now: started early (`start_early`), this
+    # process would create a new store while the parent does, and one of them would fail.
+    writes: Writes | None = None
     link = Connection(fd)
     answering = True  # until the parent stops listening: it may close or die with questions out
     while True:
@@ -308,6 +322,8 @@ def child(tracking_uri: str, fd: int) -> None:
         kind, run_id = command[:2]
         if kind == "stop":
             break
+        if writes is None:
+            writes = Writes(MlflowClient(tracking_uri))
         if kind == "drain":  # None: every run's errors
             failed = writes.failures(run_id)
             if answering:
@@ -317,7 +333,7 @@ def child(tracking_uri: str, fd: int) -> None:
                     answering = False
             continue
         writes.carry_out(command)
-    for run_id in list(writes.stages):
+    for run_id in list(writes.stages if writes else []):
         writes.run(("forget", run_id))
 
 

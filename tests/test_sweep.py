@@ -295,9 +295,10 @@ def test_a_sweep_in_the_kernel_logs_what_the_lecture_loop_gives(tmp_path, stores
         assert trial.value == pytest.approx(single.final["val_loss"], rel=1e-5)
 
 
-def test_ctrl_c_while_a_batch_is_written_closes_every_run_of_the_batch(tmp_path, stores, monkeypatch):
-    """A batch hands a run's writes to the writer process and closes the run after the next
-    one is handed over: Ctrl-C in between leaves two runs open, and both must end KILLED."""
+def test_ctrl_c_while_a_batch_is_written_keeps_the_trial_handed_over(tmp_path, stores, monkeypatch):
+    """A run's writes go to the writer process, and the run is closed once the next one is
+    handed over: Ctrl-C in between still closes it FINISHED and its trial COMPLETE (it trained
+    to the end); the trials not yet logged are failed."""
     import harness.sweep as sweep_module
 
     started = []
@@ -316,12 +317,35 @@ def test_ctrl_c_while_a_batch_is_written_closes_every_run_of_the_batch(tmp_path,
     logger, _ = started[0]
     assert logger.writer.process is None  # the writer process was stopped
     study = load_study(stores)
-    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
     client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
     runs = children(client, study.user_attrs[PARENT_RUN_ATTR])
     assert list(runs) == [0]
-    assert runs[0].info.status == "KILLED" and runs[0].data.tags["optuna.trial_state"] == "FAILED"
-    assert len(client.get_metric_history(runs[0].info.run_id, "train_loss")) == 31  # its writes were done first
+    assert runs[0].info.status == "FINISHED" and runs[0].data.tags["optuna.trial_state"] == "COMPLETE"
+    assert len(client.get_metric_history(runs[0].info.run_id, "train_loss")) == 31
+
+
+def test_a_pruner_decides_in_the_kernel_as_in_the_loop(tmp_path, monkeypatch):
+    """The median pruner compares a trial with the trials before it: those must be told before
+    it is replayed, as the loop tells them before it trains."""
+    import harness.sweep as sweep_module
+
+    text = TINY.replace("[sweep]", "[sweep]\nsampler = \"random\"\npruner = \"median\"").replace(
+        "iterations = 30", "iterations = 100").replace(
+        "lr = { low = 0.05, high = 1.0, log = true }", "lr = { low = 0.01, high = 1.0, log = true }\nseed = { low = 0, high = 9999 }")
+    states = {}
+    for path in ("kernel", "loop"):
+        store = tmp_path / path
+        store.mkdir()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
+        monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{store}/optuna.db")
+        if path == "loop":
+            monkeypatch.setattr(sweep_module, "trains_in_one_call", lambda cfg, workspace: False)
+        run_sweep(study_config.load(write(store, text)), trials=12, progress=False)
+        trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{store}/optuna.db").get_trials()
+        states[path] = [(t.state, sorted(t.intermediate_values)) for t in trials]
+    assert TrialState.PRUNED in [state for state, _ in states["loop"]]
+    assert states["kernel"] == states["loop"]
 
 
 def test_a_trial_that_fails_before_training_is_failed_not_left_running(tmp_path, stores):

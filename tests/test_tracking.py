@@ -246,6 +246,7 @@ def test_a_writer_process_started_early_is_the_one_used(session_store, tmp_path)
         write_a_run(process_tracker)  # another store's writer process is not used, but stopped
         assert process_tracker.writer.process is not unused and writer_module._early is None
         assert unused.wait(timeout=60) == 0
+        assert not (tmp_path / "another.db").exists()  # it opens its store at its first command only
     finally:
         process_tracker.close()
 
@@ -258,3 +259,22 @@ def test_a_writer_process_started_early_is_the_one_used(session_store, tmp_path)
     finally:
         process_tracker.close()
     assert early.poll() == 0
+
+
+def test_a_run_handed_to_a_writer_process_that_died_fails_even_if_another_run_noticed(session_store):
+    process_tracker = Tracker(session_store, writer_process=True)
+    try:
+        first = process_tracker.open_run("tests", "handed-over-then-lost")
+        first.log_metrics({"train_loss": 1.0}, step=0)
+        first.hand_over()
+        process_tracker.writer.process.kill()
+        process_tracker.writer.process.wait()
+        second = process_tracker.open_run("tests", "notices-the-dead-writer")
+        with pytest.raises(WriteError, match="writer process stopped"):
+            second.log_metrics({"train_loss": 1.0}, step=0)
+            process_tracker.close_run(second, "FINISHED")
+        with pytest.raises(WriteError, match="writer process stopped"):
+            process_tracker.close_run(first, "FINISHED")
+        assert MlflowClient(session_store).get_run(first.run_id).info.status == "FAILED"
+    finally:
+        process_tracker.close()
