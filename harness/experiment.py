@@ -1,6 +1,5 @@
 """One tracked training run: resolve the device, load the data, train, log it all to MLflow."""
 
-import math
 import time
 from dataclasses import dataclass
 
@@ -12,7 +11,7 @@ from harness.boundary import BoundaryRenderer, renderer_for
 from harness.config import TrainConfig, flatten
 from harness.runtime import resolve_device
 from harness.tracking import RunLogger, Tracker
-from harness.train import Callbacks, TrainResult, first_reaching, train
+from harness.train import Callbacks, TrainResult, first_reaching, record_step, train
 
 
 class LoggingCallbacks(Callbacks):
@@ -107,15 +106,8 @@ def replay(cfg: TrainConfig, result: TrainResult, images: dict[int, object], log
     out = TrainResult()
     for step in range(result.last_step + 1):
         metrics = {m: values[step] for m, values in result.history.items()}
-        for m, value in metrics.items():
-            out.history[m].append(value)
         logger.log_metrics(metrics, step=step)
-        stop = callbacks.on_step(step, metrics)
-        if not math.isfinite(metrics["train_loss"]):
-            out.diverged = True
-            break
-        if stop:
-            out.stopped_early = True
+        if record_step(out, step, metrics, callbacks):
             break
         if step in images:
             logger.log_image(images[step], key="boundary", step=step)

@@ -65,6 +65,21 @@ def first_reaching(values: list[float], target: float) -> int | None:
     return next((step for step, v in enumerate(values) if v >= target), None)
 
 
+def record_step(result: TrainResult, step: int, metrics: dict[str, float], callbacks: Callbacks) -> bool:
+    """Step `step`'s metrics into the result and to `callbacks.on_step`; whether the run ends
+    here. A non-finite loss ends it (diverged; what was logged stays), else a callback that asks
+    to stop (stopped early). The loop and the replay of a batch's result
+    (harness/experiment.py) end runs by this one rule."""
+    for name, value in metrics.items():
+        result.history[name].append(value)
+    stop = callbacks.on_step(step, metrics)
+    if not math.isfinite(metrics["train_loss"]):
+        result.diverged = True
+    elif stop:
+        result.stopped_early = True
+    return result.diverged or result.stopped_early
+
+
 def train(cfg: TrainConfig, data: WineData, device: torch.device, callbacks: Callbacks = Callbacks()) -> TrainResult:
     generator = seed_everything(cfg.seed)
     model = model_lib.create(cfg, data.n_features, generator, device)
@@ -79,16 +94,7 @@ def train(cfg: TrainConfig, data: WineData, device: torch.device, callbacks: Cal
         val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val, criterion)
         metrics = {"train_loss": loss.item(), "train_accuracy": accuracy(logits, data.y_train),
                    "val_loss": val_loss, "val_accuracy": val_accuracy}
-        for name, value in metrics.items():
-            result.history[name].append(value)
-        stop = callbacks.on_step(step, metrics)
-
-        # a non-finite loss ends the run at this step; what was logged stays
-        if not math.isfinite(metrics["train_loss"]):
-            result.diverged = True
-            break
-        if stop:
-            result.stopped_early = True
+        if record_step(result, step, metrics, callbacks):
             break
 
         last = step == cfg.iterations
