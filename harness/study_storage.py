@@ -179,6 +179,44 @@ def claim_trials(study: optuna.Study, storage: RDBStorage, target: int, most: in
     return claimed
 
 
+def record_trial(trial: optuna.Trial, intermediate: dict[int, float], user_attrs: dict) -> None:
+    """Write a trial's intermediate values and user attributes in one transaction.
+
+    `trial.report` queries the trial, then the step, then commits, for each value: for a
+    trial's 20 reports about 60 ms of the trainer's time, the largest single cost of a batched
+    sweep. When no pruner reads the values as they come, the sweep writes them all here, with
+    the attributes, just before it tells the trial: the trial is read once and the values
+    inserted together, with RDBStorage's own table models and checks. An Optuna whose storage
+    internals differ gets the public calls instead, one commit each.
+    Raises optuna.exceptions.UpdateFinishedTrialError, as `report` does, for a finished trial.
+    """
+    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's _CachedStorage
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+        values = models.TrialIntermediateValueModel
+        to_stored = values.intermediate_value_to_stored_repr
+        set_attr = backend._set_trial_attr_without_commit
+        session_factory = backend.scoped_session
+    except (ImportError, AttributeError):
+        for step, value in intermediate.items():
+            trial.report(value, step)
+        for key, value in user_attrs.items():
+            trial.set_user_attr(key, value)
+        return
+    trial_id = trial._trial_id
+    with _create_scoped_session(session_factory) as session:
+        backend.check_trial_is_updatable(trial_id, models.TrialModel.find_or_raise_by_id(trial_id, session).state)
+        reported = {step for (step,) in session.query(values.step).filter(values.trial_id == trial_id)}
+        for step, value in intermediate.items():
+            if step not in reported:  # as `report`: the first value of a step stands
+                stored, kind = to_stored(float(value))
+                session.add(values(trial_id=trial_id, step=step, intermediate_value=stored,
+                                   intermediate_value_type=kind))
+        for key, value in user_attrs.items():
+            set_attr(session, models.TrialUserAttributeModel, trial_id, key, value)
+
+
 @contextmanager
 def heartbeat(storage: RDBStorage, trial_ids: list[int], interval: int) -> Iterator[None]:
     """Record the trials' heartbeats every `interval` seconds while the body runs."""

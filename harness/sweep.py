@@ -57,13 +57,25 @@ def objective_values(sweep: Sweep, result: TrainResult) -> list[float]:
 
 
 class ReportToTrial(Callbacks):
-    """Report the objective every `every` steps; ask to stop when the pruner says so."""
+    """Report the objective every `every` steps; ask to stop when the pruner says so.
 
-    def __init__(self, trial: optuna.Trial, metric: str | None, every: int):
-        self.trial, self.metric, self.every = trial, metric, every
+    With no pruner to ask (`deferred`), the values are kept in `values` and written with the
+    trial's other records in one transaction when it is told (`study_storage.record_trial`)."""
+
+    def __init__(self, trial: optuna.Trial, metric: str | None, every: int, deferred: bool = False):
+        self.trial, self.metric, self.every, self.deferred = trial, metric, every, deferred
+        self.values: dict[int, float] = {}
+
+    @classmethod
+    def for_job(cls, trial: optuna.Trial, job: "Job", cfg: TrainConfig) -> "ReportToTrial":
+        settings = job.sweep.settings
+        return cls(trial, intermediate_metric(settings), cfg.plot_every, deferred=settings.pruner == "none")
 
     def on_step(self, step: int, metrics: dict[str, float]) -> bool:
         if self.metric is None or step % self.every or step == 0:
+            return False
+        if self.deferred:
+            self.values.setdefault(step, metrics[self.metric])  # as trial.report: the first value stands
             return False
         self.trial.report(metrics[self.metric], step)
         return self.trial.should_prune()
@@ -96,21 +108,32 @@ def state_of(result: TrainResult) -> str:
     return "PRUNED" if result.diverged or result.stopped_early else "COMPLETE"
 
 
-def tell(trial: optuna.Trial, job: Job, result: TrainResult) -> None:
+def tell(trial: optuna.Trial, job: Job, result: TrainResult, reports: dict[int, float]) -> None:
+    """`reports`: the intermediate values not yet written (ReportToTrial's `values`)."""
     # skip_if_finished: a trial whose heartbeats stalled may have been failed (and retried)
     # by another worker meanwhile; its retry stands, this result is dropped
-    if state_of(result) == "PRUNED":
-        trial.set_user_attr("diverged", result.diverged)
+    pruned = state_of(result) == "PRUNED"
+    attrs = {"diverged": result.diverged} if pruned else {"reached_target": result.iterations_to_target is not None}
+    try:
+        study_storage.record_trial(trial, reports, attrs)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return
+    if pruned:
         trial.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
     else:
-        trial.set_user_attr("reached_target", result.iterations_to_target is not None)
         trial.study.tell(trial, objective_values(job.sweep, result), skip_if_finished=True)
 
 
-def fail(trial: optuna.Trial, tracker: Tracker, run_id: str | None) -> None:
-    """The trial raised: its run is already closed (FAILED, or KILLED on Ctrl-C)."""
+def fail(trial: optuna.Trial, tracker: Tracker, run_id: str | None, reports: dict[int, float] | None = None) -> None:
+    """The trial raised: its run is already closed (FAILED, or KILLED on Ctrl-C). The values it
+    reported before are kept, as `trial.report` would have."""
     if run_id:
         tracker.set_tags(run_id, {"optuna.trial_state": "FAILED"})
+    if reports:
+        try:
+            study_storage.record_trial(trial, reports, {})
+        except Exception as e:  # the trial is failed all the same
+            print(f"trial {trial.number}: its intermediate values were not written: {e}", file=sys.stderr)
     trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
@@ -141,18 +164,15 @@ def trial_run(job: Job, trial: optuna.Trial, run_ids: list[str]) -> dict[str, ob
 def run_trial(trial: optuna.Trial, cfg: TrainConfig, job: Job, tracker: Tracker, workspace: Workspace) -> None:
     """Train one trial in the lecture's loop, as a child run of the study's parent run that
     fills as it trains, and tell Optuna how it went."""
-    run_ids = []
+    run_ids, reports = [], ReportToTrial.for_job(trial, job, cfg)
     try:
-        outcome = run_training(
-            cfg, tracker, workspace,
-            callbacks=ReportToTrial(trial, intermediate_metric(job.sweep.settings), cfg.plot_every),
-            **trial_run(job, trial, run_ids))
+        outcome = run_training(cfg, tracker, workspace, callbacks=reports, **trial_run(job, trial, run_ids))
     except ServiceError:
         raise  # the tracking server is gone: the trial is left to the heartbeat check, as a dead worker's
     except BaseException:
-        fail(trial, tracker, run_ids[0] if run_ids else None)
+        fail(trial, tracker, run_ids[0] if run_ids else None, reports.values)
         raise
-    tell(trial, job, outcome.result)
+    tell(trial, job, outcome.result, reports.values)
 
 
 class OpenRuns:
@@ -165,11 +185,11 @@ class OpenRuns:
 
     def __init__(self, job: Job, tracker: Tracker, trial_done=None):
         self.job, self.tracker, self.trial_done = job, tracker, trial_done
-        self.runs: list[tuple[optuna.Trial, RunLogger, TrainResult]] = []
+        self.runs: list[tuple[optuna.Trial, RunLogger, TrainResult, dict[int, float]]] = []
         self.told: set[int] = set()  # the numbers of the trials that ended here
 
     def trial_ids(self) -> list[int]:
-        return [trial._trial_id for trial, _, _ in self.runs]
+        return [trial._trial_id for trial, *_ in self.runs]
 
     def beat(self, storage) -> None:
         """A heartbeat for each open trial now: its last one, from the claim before, may be
@@ -177,9 +197,10 @@ class OpenRuns:
         for trial_id in self.trial_ids():
             storage.record_heartbeat(trial_id)
 
-    def add(self, trial: optuna.Trial, logger: RunLogger, result: TrainResult) -> None:
-        """The newest run is handed over: close the ones before it."""
-        self.runs.append((trial, logger, result))
+    def add(self, trial: optuna.Trial, logger: RunLogger, result: TrainResult,
+            reports: dict[int, float] | None = None) -> None:
+        """The newest run is handed over: close the ones before it. `reports`: as for `tell`."""
+        self.runs.append((trial, logger, result, reports or {}))
         while len(self.runs) > 1:
             self.close_first()
 
@@ -189,20 +210,20 @@ class OpenRuns:
 
     def close_first(self) -> None:
         """Close the oldest run and tell its trial; a write of it that failed fails it alone."""
-        trial, logger, result = self.runs.pop(0)
+        trial, logger, result, reports = self.runs.pop(0)
         try:
             self.tracker.close_run(logger, "FINISHED")
         except ServiceError:
             raise
         except BaseException as e:  # close_run ended the run FAILED (KILLED on Ctrl-C)
-            fail(trial, self.tracker, logger.run_id)
+            fail(trial, self.tracker, logger.run_id, reports)
             self.done(trial)
             if not isinstance(e, Exception):
                 raise
             print(f"trial {trial.number} failed: {type(e).__name__}: {e}", file=sys.stderr)
             return
         try:
-            tell(trial, self.job, result)
+            tell(trial, self.job, result, reports)
         except BaseException:  # not left RUNNING: no claim of this worker covers it any more
             trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             raise
@@ -211,12 +232,12 @@ class OpenRuns:
 
     def kill_first(self) -> None:
         """The oldest run ends KILLED once its writes are in; its trial is failed."""
-        trial, logger, _ = self.runs.pop(0)
+        trial, logger, _, reports = self.runs.pop(0)
         try:
             self.tracker.close_run(logger, "KILLED")
         except Exception:
             pass  # its writes failed too: it is closed all the same
-        fail(trial, self.tracker, logger.run_id)
+        fail(trial, self.tracker, logger.run_id, reports)
         self.done(trial)
 
     def done(self, trial: optuna.Trial) -> None:
@@ -278,22 +299,21 @@ def run_trials(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace
                 trial, cfg = trials[i], cfgs[i]
                 if job.sweep.settings.pruner != "none":  # the pruner compares with the trials before
                     open_runs.close_all()
-                run_ids = []
+                run_ids, reports = [], ReportToTrial.for_job(trial, job, cfg)
                 try:
                     # drawn here, not during training: while the writer writes the trial before
                     steps, weights, titles = zip(*drawn.pop(i)) if drawn[i] else ((), (), ())
                     images = zip(steps, workspace.renderer.render_stacked(weights, titles))
                     logger, result = start_trained_run(
                         cfg, tracker, workspace.device, batch.result(j, cfg.target_accuracy), list(images),
-                        callbacks=ReportToTrial(trial, intermediate_metric(job.sweep.settings), cfg.plot_every),
-                        **trial_run(job, trial, run_ids))
+                        callbacks=reports, **trial_run(job, trial, run_ids))
                 except ServiceError:
                     raise
                 except BaseException:
-                    fail(trial, tracker, run_ids[0] if run_ids else None)
+                    fail(trial, tracker, run_ids[0] if run_ids else None, reports.values)
                     open_runs.done(trial)
                     raise
-                open_runs.add(trial, logger, result)
+                open_runs.add(trial, logger, result, reports.values)
     except ServiceError:
         raise  # as in run_trial: the heartbeat check fails and retries the trials
     except BaseException as e:

@@ -113,6 +113,28 @@ def test_continuing_adds_trials_under_the_same_parent(tmp_path, stores):
     assert len({t.params["lr"] for t in study.get_trials()}) == 5
 
 
+def test_values_written_at_tell_are_those_report_writes(stores):
+    """With no pruner the sweep writes a trial's intermediate values when it tells it
+    (`record_trial`, one transaction): the same records as `trial.report` and `set_user_attr`."""
+    from harness.study_storage import record_trial
+
+    study = optuna.create_study(storage=stores["OPTUNA_STORAGE"])
+    values = {10: 0.5, 20: float("inf"), 30: -float("inf"), 40: float("nan"), 50: 1e-30}
+    reported, recorded = study.ask(), study.ask()
+    for step, value in values.items():
+        reported.report(value, step)
+    reported.set_user_attr("reached_target", True)
+    record_trial(recorded, values, {"reached_target": True})
+    record_trial(recorded, {10: 9.0}, {})  # as `report`: the first value of a step stands
+    for trial in (reported, recorded):
+        study.tell(trial, 1.0)
+    stored = [study.trials[0], study.trials[1]]
+    assert [repr(t.intermediate_values) for t in stored] == [repr(values)] * 2
+    assert stored[1].user_attrs == stored[0].user_attrs == {"reached_target": True}
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        record_trial(recorded, {60: 1.0}, {})
+
+
 def test_a_diverging_trial_is_pruned_and_its_run_closed(tmp_path, stores):
     text = TINY.replace("lr = { low = 0.05, high = 1.0, log = true }", "lr = { low = 1e5, high = 1e6, log = true }")
     run_sweep(study_config.load(write(tmp_path, text)), trials=1, progress=False)
