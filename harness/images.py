@@ -5,12 +5,15 @@ UI's image grid shows, and the `mlflow.loggedImages` tag: two artifact calls, a 
 slow WebP encode each time, about 14 ms an image here. `ImageStage` writes the same files under
 the same names (`images/<key>+step+<step>+timestamp+<ms>+<uuid>.png`, and `...+compressed.webp`)
 into a folder, then hands the folder to MLflow with one `log_artifacts` call and sets the tag
-once per run. The thumbnail is lossless WebP at the fastest method (2 ms instead of 8, and
+once per run. Where the run's artifacts are a local folder (a store under `mlruns/`), the files
+go straight into it instead, each under a temporary name first and then renamed, so no image is
+ever half-written there: `log_artifacts` would copy every file a second time. The thumbnail is lossless WebP at the fastest method (2 ms instead of 8, and
 smaller for these flat-coloured images). tests/test_tracking.py checks the names and the tag
 against what `log_image` itself writes, so an MLflow that changes its layout fails a test.
 """
 
 import io
+import os
 import re
 import shutil
 import tempfile
@@ -56,9 +59,27 @@ def encoded(image: Image.Image) -> tuple[bytes, bytes]:
     return png.getvalue(), webp.getvalue()
 
 
+def local_artifact_dir(artifact_uri: str) -> Path | None:
+    """The folder of a run's artifacts when MLflow keeps them on this machine's disk; None otherwise."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    repository = get_artifact_repository(artifact_uri)
+    return Path(repository.artifact_dir) if type(repository) is LocalArtifactRepository else None
+
+
+def write_file(path: Path, data: bytes, scratch: Path) -> None:
+    """Whole or not at all: the file is written in `scratch` (a folder outside the artifacts, on
+    the same disk), then renamed, so a reader (the UI) never sees part of it."""
+    partial = scratch / f".{path.name}.partial"
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
 class ImageStage:
-    """A run's step images, encoded into a temporary folder and written to the run in batches.
-    Used from one thread only (the run's writer thread)."""
+    """A run's step images, encoded into a temporary folder and written to the run in batches,
+    or straight into the run's artifact folder when it is local. Used from one thread only (the
+    run's writer thread)."""
 
     def __init__(self, client, run_id: str):
         self.client = client
@@ -67,15 +88,24 @@ class ImageStage:
         self.staged = 0
         self.first_staged_at = 0.0
         self.tagged = False
+        self.local: Path | None = local_artifact_dir(client.get_run(run_id).info.artifact_uri)
+        if self.local is not None:
+            (self.local / "images").mkdir(parents=True, exist_ok=True)
 
     def add(self, image: "Image.Image | tuple[bytes, bytes]", key: str, step: int, timestamp_ms: int) -> None:
         """Stage a step image, or its two files already `encoded`."""
+        name = image_filename(key, step, timestamp_ms)
+        png, webp = image if isinstance(image, tuple) else encoded(image)
+        if self.local is not None:  # the run's own folder holds its artifacts folder and the partial files
+            write_file(self.local / f"{name}.png", png, self.local.parent)
+            write_file(self.local / f"{name}+compressed.webp", webp, self.local.parent)
+            self.staged += 1
+            self.write()
+            return
         if self.folder is None:
             self.folder = Path(tempfile.mkdtemp(prefix="wine-images-"))
             (self.folder / "images").mkdir()
             self.first_staged_at = time.monotonic()
-        name = image_filename(key, step, timestamp_ms)
-        png, webp = image if isinstance(image, tuple) else encoded(image)
         (self.folder / f"{name}.png").write_bytes(png)
         (self.folder / f"{name}+compressed.webp").write_bytes(webp)
         self.staged += 1
@@ -84,16 +114,23 @@ class ImageStage:
 
     def write(self) -> None:
         """Everything staged goes into the run; the folder is removed whatever happens."""
+        if self.local is not None and self.staged:
+            self.staged = 0
+            self.tag()
         if self.folder is None:
             return
         folder, self.folder, self.staged = self.folder, None, 0
         try:
             self.client.log_artifacts(self.run_id, str(folder))
-            if not self.tagged:
-                self.client.set_tag(self.run_id, LOGGED_IMAGES_TAG, "True")
-                self.tagged = True
+            self.tag()
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def tag(self) -> None:
+        """The tag by which the UI knows the run has step images, once."""
+        if not self.tagged:
+            self.client.set_tag(self.run_id, LOGGED_IMAGES_TAG, "True")
+            self.tagged = True
 
     def discard(self) -> None:
         if self.folder is not None:

@@ -222,7 +222,9 @@ def test_step_images_are_laid_out_as_mlflow_log_image_lays_them_out(tracker):
 
 
 def test_a_long_run_writes_its_images_before_it_ends(tracker, monkeypatch):
+    """Artifacts elsewhere than on this disk (a server's): images go in batches of BATCH."""
     monkeypatch.setattr(images_module, "BATCH", 2)
+    monkeypatch.setattr(images_module, "local_artifact_dir", lambda artifact_uri: None)
     logger = tracker.open_run("tests", "images-in-batches")
     for step in range(3):
         logger.log_image(Image.new("RGB", (64, 64)), key="boundary", step=step)
@@ -230,6 +232,21 @@ def test_a_long_run_writes_its_images_before_it_ends(tracker, monkeypatch):
     assert image_steps(MlflowClient(tracker.uri), logger.run_id) == [0, 1]
     tracker.close_run(logger, "FINISHED")
     assert image_steps(MlflowClient(tracker.uri), logger.run_id) == [0, 1, 2]
+
+
+def test_images_go_straight_into_a_local_artifact_folder(tracker):
+    """Artifacts on this disk: each image is in the run once written, whole, with no copy left
+    behind; the run's listing is what `log_image` would give."""
+    logger = tracker.open_run("tests", "images-in-place")
+    for step in range(3):
+        logger.log_image(Image.new("RGB", (64, 64)), key="boundary", step=step)
+    logger.writer.drain()
+    client = MlflowClient(tracker.uri)
+    assert image_steps(client, logger.run_id) == [0, 1, 2]
+    tracker.close_run(logger, "FINISHED")
+    folder = images_module.local_artifact_dir(client.get_run(logger.run_id).info.artifact_uri)
+    assert sorted(p.relative_to(folder.parent).parts[0] for p in folder.parent.rglob("*") if p.is_file()) == ["artifacts"] * 6
+    assert client.get_run(logger.run_id).data.tags[images_module.LOGGED_IMAGES_TAG] == "True"
 
 
 def test_a_writer_process_started_early_is_the_one_used(session_store, tmp_path):
