@@ -59,12 +59,16 @@ def encoded(image: Image.Image) -> tuple[bytes, bytes]:
     return png.getvalue(), webp.getvalue()
 
 
-def local_artifact_dir(artifact_uri: str) -> Path | None:
-    """The folder of a run's artifacts when MLflow keeps them on this machine's disk; None otherwise."""
+def local_artifact_dir(artifact_uri: str, tracking_uri: str | None = None) -> Path | None:
+    """The folder of a run's artifacts when MLflow keeps them on this machine's disk; None
+    otherwise (a server's, or one this process cannot tell)."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-    repository = get_artifact_repository(artifact_uri)
+    try:
+        repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+    except Exception:  # log_artifacts will say what is wrong, if anything is
+        return None
     return Path(repository.artifact_dir) if type(repository) is LocalArtifactRepository else None
 
 
@@ -72,8 +76,12 @@ def write_file(path: Path, data: bytes, scratch: Path) -> None:
     """Whole or not at all: the file is written in `scratch` (a folder outside the artifacts, on
     the same disk), then renamed, so a reader (the UI) never sees part of it."""
     partial = scratch / f".{path.name}.partial"
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 class ImageStage:
@@ -88,20 +96,22 @@ class ImageStage:
         self.staged = 0
         self.first_staged_at = 0.0
         self.tagged = False
-        self.local: Path | None = local_artifact_dir(client.get_run(run_id).info.artifact_uri)
-        if self.local is not None:
-            (self.local / "images").mkdir(parents=True, exist_ok=True)
+        self.local = local_artifact_dir(client.get_run(run_id).info.artifact_uri, client.tracking_uri)
 
     def add(self, image: "Image.Image | tuple[bytes, bytes]", key: str, step: int, timestamp_ms: int) -> None:
         """Stage a step image, or its two files already `encoded`."""
         name = image_filename(key, step, timestamp_ms)
         png, webp = image if isinstance(image, tuple) else encoded(image)
-        if self.local is not None:  # the run's own folder holds its artifacts folder and the partial files
-            write_file(self.local / f"{name}.png", png, self.local.parent)
-            write_file(self.local / f"{name}+compressed.webp", webp, self.local.parent)
-            self.staged += 1
-            self.write()
-            return
+        if self.local is not None:
+            try:  # the run's own folder holds its artifacts folder and the partial files
+                (self.local / "images").mkdir(parents=True, exist_ok=True)
+                write_file(self.local / f"{name}+compressed.webp", webp, self.local.parent)  # the UI lists the PNG
+                write_file(self.local / f"{name}.png", png, self.local.parent)
+                self.staged += 1
+                self.write()
+                return
+            except OSError:  # a folder this process may not write in: MLflow's own way, from here on
+                self.local = None
         if self.folder is None:
             self.folder = Path(tempfile.mkdtemp(prefix="wine-images-"))
             (self.folder / "images").mkdir()

@@ -209,9 +209,9 @@ def record_trial(trial: optuna.Trial, intermediate: dict[int, float], user_attrs
         backend.check_trial_is_updatable(trial_id, models.TrialModel.find_or_raise_by_id(trial_id, session).state)
         reported = {step for (step,) in session.query(values.step).filter(values.trial_id == trial_id)}
         for step, value in intermediate.items():
-            if step not in reported:  # as `report`: the first value of a step stands
+            if int(step) not in reported:  # as `report`: the first value of a step stands
                 stored, kind = to_stored(float(value))
-                session.add(values(trial_id=trial_id, step=step, intermediate_value=stored,
+                session.add(values(trial_id=trial_id, step=int(step), intermediate_value=stored,
                                    intermediate_value_type=kind))
         for key, value in user_attrs.items():
             set_attr(session, models.TrialUserAttributeModel, trial_id, key, value)

@@ -129,12 +129,20 @@ def fail(trial: optuna.Trial, tracker: Tracker, run_id: str | None, reports: dic
     reported before are kept, as `trial.report` would have."""
     if run_id:
         tracker.set_tags(run_id, {"optuna.trial_state": "FAILED"})
-    if reports:
-        try:
-            study_storage.record_trial(trial, reports, {})
-        except Exception as e:  # the trial is failed all the same
-            print(f"trial {trial.number}: its intermediate values were not written: {e}", file=sys.stderr)
+    keep_reports(trial, reports)
     trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def keep_reports(trial: optuna.Trial, reports: dict[int, float] | None) -> None:
+    """A trial that will not be told normally keeps the values it reported, as with `trial.report`."""
+    if not reports:
+        return
+    try:
+        study_storage.record_trial(trial, reports, {})
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # another worker failed it meanwhile (its heartbeats stalled): its retry stands
+    except Exception as e:  # the trial ends all the same
+        print(f"trial {trial.number}: its intermediate values were not written: {e}", file=sys.stderr)
 
 
 def worker_name() -> str:
@@ -168,6 +176,7 @@ def run_trial(trial: optuna.Trial, cfg: TrainConfig, job: Job, tracker: Tracker,
     try:
         outcome = run_training(cfg, tracker, workspace, callbacks=reports, **trial_run(job, trial, run_ids))
     except ServiceError:
+        keep_reports(trial, reports.values)
         raise  # the tracking server is gone: the trial is left to the heartbeat check, as a dead worker's
     except BaseException:
         fail(trial, tracker, run_ids[0] if run_ids else None, reports.values)
@@ -214,6 +223,7 @@ class OpenRuns:
         try:
             self.tracker.close_run(logger, "FINISHED")
         except ServiceError:
+            keep_reports(trial, reports)
             raise
         except BaseException as e:  # close_run ended the run FAILED (KILLED on Ctrl-C)
             fail(trial, self.tracker, logger.run_id, reports)
@@ -308,6 +318,7 @@ def run_trials(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace
                         cfg, tracker, workspace.device, batch.result(j, cfg.target_accuracy), list(images),
                         callbacks=reports, **trial_run(job, trial, run_ids))
                 except ServiceError:
+                    keep_reports(trial, reports.values)
                     raise
                 except BaseException:
                     fail(trial, tracker, run_ids[0] if run_ids else None, reports.values)

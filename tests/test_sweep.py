@@ -113,7 +113,7 @@ def test_continuing_adds_trials_under_the_same_parent(tmp_path, stores):
     assert len({t.params["lr"] for t in study.get_trials()}) == 5
 
 
-def test_values_written_at_tell_are_those_report_writes(stores):
+def test_values_written_at_tell_are_those_report_writes(stores, monkeypatch):
     """With no pruner the sweep writes a trial's intermediate values when it tells it
     (`record_trial`, one transaction): the same records as `trial.report` and `set_user_attr`."""
     from harness.study_storage import record_trial
@@ -124,8 +124,12 @@ def test_values_written_at_tell_are_those_report_writes(stores):
     for step, value in values.items():
         reported.report(value, step)
     reported.set_user_attr("reached_target", True)
+    # the one transaction, not Optuna's public calls, which record_trial falls back on
+    monkeypatch.setattr(optuna.Trial, "report", None)
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", None)
     record_trial(recorded, values, {"reached_target": True})
     record_trial(recorded, {10: 9.0}, {})  # as `report`: the first value of a step stands
+    monkeypatch.undo()
     for trial in (reported, recorded):
         study.tell(trial, 1.0)
     stored = [study.trials[0], study.trials[1]]
@@ -133,6 +137,22 @@ def test_values_written_at_tell_are_those_report_writes(stores):
     assert stored[1].user_attrs == stored[0].user_attrs == {"reached_target": True}
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         record_trial(recorded, {60: 1.0}, {})
+
+
+def test_a_trial_another_worker_failed_meanwhile_keeps_its_retry(tmp_path, stores):
+    """Its heartbeats stalled and another worker failed it: this worker's result is dropped."""
+    from harness.sweep import Job, tell
+    from harness.train import TrainResult
+
+    sweep = study_config.load(write(tmp_path, TINY))
+    study = optuna.create_study(study_name="tiny", storage=stores["OPTUNA_STORAGE"])
+    trial = study.ask()
+    study.tell(trial.number, state=TrialState.FAIL)  # as the heartbeat check does, from elsewhere
+    job = Job(sweep, "tiny", stores["OPTUNA_STORAGE"], "", parent_run_id="", target=1, sampler_seed=0)
+    tell(trial, job, TrainResult(history={m: [0.5] for m in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}),
+         {10: 0.5})
+    stored = load_study(stores).get_trials()[0]
+    assert stored.state == TrialState.FAIL and stored.intermediate_values == {} and stored.user_attrs == {}
 
 
 def test_a_diverging_trial_is_pruned_and_its_run_closed(tmp_path, stores):
@@ -149,19 +169,20 @@ def test_a_trial_that_raises_is_failed_on_both_sides_and_the_sweep_goes_on(tmp_p
     real = ReportToTrial.on_step
 
     def broken_on_trial_1(self, step, metrics):
-        if self.trial.number == 1 and step == 5:
+        if self.trial.number == 1 and step == 15:
             raise RuntimeError("broken trial")
         return real(self, step, metrics)
 
     monkeypatch.setattr(ReportToTrial, "on_step", broken_on_trial_1)
     summary = run_sweep(study_config.load(write(tmp_path, TINY)), trials=3, progress=False)
-    states = [t.state for t in load_study(stores).get_trials()]
-    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    trials = load_study(stores).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert sorted(trials[1].intermediate_values) == [10]  # what it reported before it raised is kept
     assert summary.counts["FAIL"] == 1 and summary.counts["COMPLETE"] == 2
     client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
     failed = children(client, summary.parent_run_id)[1]
     assert failed.info.status == "FAILED" and failed.data.tags["optuna.trial_state"] == "FAILED"
-    assert sorted(m.step for m in client.get_metric_history(failed.info.run_id, "train_loss")) == list(range(6))
+    assert sorted(m.step for m in client.get_metric_history(failed.info.run_id, "train_loss")) == list(range(16))
 
 
 @pytest.mark.slow

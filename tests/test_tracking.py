@@ -224,7 +224,7 @@ def test_step_images_are_laid_out_as_mlflow_log_image_lays_them_out(tracker):
 def test_a_long_run_writes_its_images_before_it_ends(tracker, monkeypatch):
     """Artifacts elsewhere than on this disk (a server's): images go in batches of BATCH."""
     monkeypatch.setattr(images_module, "BATCH", 2)
-    monkeypatch.setattr(images_module, "local_artifact_dir", lambda artifact_uri: None)
+    monkeypatch.setattr(images_module, "local_artifact_dir", lambda artifact_uri, tracking_uri=None: None)
     logger = tracker.open_run("tests", "images-in-batches")
     for step in range(3):
         logger.log_image(Image.new("RGB", (64, 64)), key="boundary", step=step)
@@ -234,9 +234,13 @@ def test_a_long_run_writes_its_images_before_it_ends(tracker, monkeypatch):
     assert image_steps(MlflowClient(tracker.uri), logger.run_id) == [0, 1, 2]
 
 
-def test_images_go_straight_into_a_local_artifact_folder(tracker):
+def test_images_go_straight_into_a_local_artifact_folder(tracker, monkeypatch):
     """Artifacts on this disk: each image is in the run once written, whole, with no copy left
     behind; the run's listing is what `log_image` would give."""
+    def no_copy(*args, **kwargs):
+        raise AssertionError("log_artifacts copies what is already in place")
+
+    monkeypatch.setattr(MlflowClient, "log_artifacts", no_copy)
     logger = tracker.open_run("tests", "images-in-place")
     for step in range(3):
         logger.log_image(Image.new("RGB", (64, 64)), key="boundary", step=step)
@@ -247,6 +251,32 @@ def test_images_go_straight_into_a_local_artifact_folder(tracker):
     folder = images_module.local_artifact_dir(client.get_run(logger.run_id).info.artifact_uri)
     assert sorted(p.relative_to(folder.parent).parts[0] for p in folder.parent.rglob("*") if p.is_file()) == ["artifacts"] * 6
     assert client.get_run(logger.run_id).data.tags[images_module.LOGGED_IMAGES_TAG] == "True"
+
+
+def test_images_that_cannot_be_written_in_place_go_by_log_artifacts(tracker, monkeypatch):
+    """A local artifact folder this process cannot write in (a full disk, another user's
+    folder): the image and those after it go MLflow's own way, none lost, nothing partial left."""
+    import os
+    import types
+
+    calls = []
+
+    def fails_once(source, target):
+        calls.append(target)
+        if len(calls) == 3:  # the second image's thumbnail, once written aside
+            raise OSError(28, "No space left on device")
+        os.replace(source, target)
+
+    monkeypatch.setattr(images_module, "os", types.SimpleNamespace(replace=fails_once))
+    logger = tracker.open_run("tests", "images-fall-back")
+    for step in range(3):
+        logger.log_image(Image.new("RGB", (64, 64)), key="boundary", step=step)
+    tracker.close_run(logger, "FINISHED")
+    client = MlflowClient(tracker.uri)
+    assert image_steps(client, logger.run_id) == [0, 1, 2] and len(calls) == 3
+    folder = images_module.local_artifact_dir(client.get_run(logger.run_id).info.artifact_uri)
+    assert not list(folder.parent.glob(".*.partial"))
+    assert client.get_run(logger.run_id).info.status == "FINISHED"
 
 
 def test_a_writer_process_started_early_is_the_one_used(session_store, tmp_path):
