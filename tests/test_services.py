@@ -103,9 +103,11 @@ def wait_for_a_trial_with_metrics(env, study, timeout=120):
     raise AssertionError("no trial got as far as logging metrics")
 
 
-def check_study(env, study, total, iterations, plot_every):
+def check_study(env, study, total, iterations, plot_every, lost_answers: bool = False):
     """Exactly `total` complete trials, one parent, a finished child run with every metric and
-    image per complete trial, and no run left RUNNING."""
+    image per complete trial, and no run left RUNNING. With `lost_answers` (the server crashed),
+    a run the server made but could not answer for, made again on the client's retry, may be
+    there too: ended FAILED, and said why, by the sweep (`study.close_stray_runs`)."""
     study_ = load(env, study)
     trials = study_.get_trials()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -118,6 +120,11 @@ def check_study(env, study, total, iterations, plot_every):
     assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent_id]
     assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    if lost_answers:
+        linked = {t.user_attrs.get(RUN_ID_ATTR) for t in trials}
+        stray = [r for r in children if r.info.run_id not in linked]
+        assert all(r.info.status == "FAILED" and r.data.tags["failure"].startswith("left running") for r in stray)
+        children = [r for r in children if r.info.run_id in linked]
     assert len(children) == len(trials)
     by_id = {r.info.run_id: r for r in children}
     for trial in complete:
@@ -172,7 +179,7 @@ def test_workers_ride_out_a_tracking_server_restart(tmp_path, services):
     services.mlflow.start(password(services))
     for code, err in finish(workers):
         assert code == 0, err
-    trials, _ = check_study(env, "restart", total=5, iterations=600, plot_every=200)
+    trials, _ = check_study(env, "restart", total=5, iterations=600, plot_every=200, lost_answers=True)
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
