@@ -7,9 +7,10 @@ the same names (`images/<key>+step+<step>+timestamp+<ms>+<uuid>.png`, and `...+c
 into a folder, then hands the folder to MLflow with one `log_artifacts` call and sets the tag
 once per run. Where the run's artifacts are a local folder (a store under `mlruns/`), the files
 go straight into it instead, each under a temporary name first and then renamed, so no image is
-ever half-written there: `log_artifacts` would copy every file a second time. The thumbnail is lossless WebP at the fastest method (2 ms instead of 8, and
-smaller for these flat-coloured images). tests/test_tracking.py checks the names and the tag
-against what `log_image` itself writes, so an MLflow that changes its layout fails a test.
+ever half-written there: `log_artifacts` would copy every file a second time. The thumbnail is
+lossless WebP at the fastest method (2 ms instead of 8, and smaller for these flat-coloured
+images). tests/test_tracking.py checks the names and the tag against what `log_image` itself
+writes, so an MLflow that changes its layout fails a test.
 """
 
 import io
