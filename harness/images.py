@@ -108,8 +108,7 @@ class ImageStage:
                 (self.local / "images").mkdir(parents=True, exist_ok=True)
                 write_file(self.local / f"{name}+compressed.webp", webp, self.local.parent)  # the UI lists the PNG
                 write_file(self.local / f"{name}.png", png, self.local.parent)
-                self.staged += 1
-                self.write()
+                self.tag()
                 return
             except OSError:  # a folder this process may not write in: MLflow's own way, from here on
                 self.local = None
@@ -125,9 +124,6 @@ class ImageStage:
 
     def write(self) -> None:
         """Everything staged goes into the run; the folder is removed whatever happens."""
-        if self.local is not None and self.staged:
-            self.staged = 0
-            self.tag()
         if self.folder is None:
             return
         folder, self.folder, self.staged = self.folder, None, 0
