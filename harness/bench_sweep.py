@@ -8,6 +8,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from statistics import median
 
 import matplotlib.pyplot as plt
 import optuna
@@ -16,8 +17,9 @@ from harness import study_config, writer
 from harness.bench import per_call
 from harness.boundary import new_figure, title_text
 from harness.experiment import Workspace, run_params
+from harness.metric_rows import log_batch
 from harness.study import run_sweep
-from harness.tracking import Tracker, tutorial_run
+from harness.tracking import Tracker, now_ms, tutorial_run
 from harness.train import Callbacks, train
 
 SWEEP = """
@@ -151,14 +153,19 @@ def bench_calls(quick: bool) -> dict[str, float]:
 
         logger = tracker.open_run("bench", "calls")
 
-        def trial_metrics() -> float:
-            """One trial's 201 steps x 4 metrics, written as one log_batch into a run of its own
-            that has its params, as a sweep writes them: seconds, the run's start and end left out."""
+        def trial_metrics(mlflow_log_batch: bool = False) -> float:
+            """One trial's 201 steps x 4 metrics, written as a sweep writes them (one INSERT,
+            harness/metric_rows.py), or with MLflow's own log_batch, into a run of its own that
+            has its params: seconds, the run's start and end left out."""
             run = tracker.open_run("bench", "metrics", params=run_params(cfg, workspace.device))
             start = time.perf_counter()
-            for step in range(201):
-                run.log_metrics(step_metrics, step)
-            run.wait()
+            if mlflow_log_batch:
+                log_batch(tracker.client, run.run_id, [(key, value, now_ms(), step) for step in range(201)
+                                                       for key, value in step_metrics.items()], one_insert=False)
+            else:
+                for step in range(201):
+                    run.log_metrics(step_metrics, step)
+                run.wait()
             seconds = time.perf_counter() - start
             tracker.close_run(run, "FINISHED")
             return seconds
@@ -184,7 +191,8 @@ def bench_calls(quick: bool) -> dict[str, float]:
 
         figures = {
             "run start + params + end": per_call(one_run, repeats),
-            "log_batch of one trial's 804 values": sorted(trial_metrics() for _ in range(max(3, repeats // 3)))[max(3, repeats // 3) // 2],
+            "one trial's 804 metric values, one INSERT": median(trial_metrics() for _ in range(max(3, repeats // 3))),
+            "the same through MLflow's log_batch": median(trial_metrics(True) for _ in range(max(3, repeats // 3))),
             "log_image of one boundary (a trial's 21 written together)": per_call(trial_images, max(2, repeats // 5)) / len(image_steps),
             "Optuna, one trial (ask, 2 params, 3 attributes, 20 values and 1 attribute at once, tell)": per_call(optuna_trial, repeats),
             "log_metric of one value (the reference's way)": per_call(
@@ -194,7 +202,7 @@ def bench_calls(quick: bool) -> dict[str, float]:
     for name, seconds in figures.items():
         print(f"calls   {name}: {seconds * 1e3:.1f} ms")
     floor = sum(figures[name] * count for name, count in [
-        ("run start + params + end", 1), ("log_batch of one trial's 804 values", 1),
+        ("run start + params + end", 1), ("one trial's 804 metric values, one INSERT", 1),
         ("log_image of one boundary (a trial's 21 written together)", len(image_steps)),
         ("Optuna, one trial (ask, 2 params, 3 attributes, 20 values and 1 attribute at once, tell)", 1)])
     print(f"calls   all of one trial's writes: {floor * 1e3:.0f} ms; for 100 trials on {os.cpu_count()} cores, "

@@ -1,9 +1,10 @@
-"""Everything MLflow, behind one small module and its writer (harness/writer.py), the only
-ones that import mlflow.
+"""Everything MLflow, behind one small module and its writer (harness/writer.py, with
+harness/images.py and harness/metric_rows.py), the only ones that import mlflow.
 
 Runs are always closed: FINISHED when the body returns, KILLED on Ctrl-C, FAILED on any other
 exception, and only after every write they were given is in the store. Metrics are buffered and
-written with log_batch, at most 1000 values a call; images are encoded and written many at a
+written in batches of at most 1000 values (one INSERT into a SQL store, harness/metric_rows.py;
+log_batch for a server); images are encoded and written many at a
 time (harness/images.py); both are written by a background thread, or for a sweep on a local
 store by a writer process (MlflowClient with explicit run ids), so training does not wait for them.
 A tracking server (an http URI) is reached through harness/tracking_server.py: bounded retries,

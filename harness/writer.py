@@ -2,7 +2,7 @@
 
 A run's logger hands them over as commands:
   ("batch", run_id, [(key, value, timestamp, step), ...], [(key, value), ...], [(key, value), ...])
-                                                               one log_batch: metrics, params, tags
+                                                               written as log_batch would (harness/metric_rows.py)
   ("image", run_id, image, key, step, timestamp)               encoded and staged (harness/images.py)
   ("images", run_id)                                           the staged images written to the run
   ("forget", run_id)                                           the run is closed: drop what is staged
@@ -105,10 +105,8 @@ class Writes:
     def run(self, command: tuple) -> None:
         kind, run_id, *args = command
         if kind == "batch":
-            from mlflow.entities import Metric, Param, RunTag
-            metrics, params, tags = args
-            self.client.log_batch(run_id, metrics=[Metric(*values) for values in metrics],
-                                  params=[Param(*p) for p in params], tags=[RunTag(*t) for t in tags])
+            from harness.metric_rows import log_batch
+            log_batch(self.client, run_id, *args)
         elif kind == "image":
             if run_id not in self.stages:
                 self.stages[run_id] = ImageStage(self.client, run_id)

@@ -1,0 +1,94 @@
+"""A batch written with one INSERT leaves the store as MLflow's own log_batch leaves it."""
+
+import math
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+from harness.metric_rows import log_batch
+
+KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+@pytest.fixture
+def client(session_store):
+    client = MlflowClient(session_store)
+    client.experiment_id = client.get_experiment_by_name("metric-rows") or client.create_experiment("metric-rows")
+    if not isinstance(client.experiment_id, str):
+        client.experiment_id = client.experiment_id.experiment_id
+    return client
+
+
+@pytest.fixture
+def log_batch_calls(monkeypatch):
+    """The metric values the store's own write was given: none when one INSERT did the work."""
+    calls = []
+    original = SqlAlchemyStore._log_metrics
+
+    def counted(self, run_id, metrics):
+        if metrics:
+            calls.append(metrics)
+        return original(self, run_id, metrics)
+
+    monkeypatch.setattr(SqlAlchemyStore, "_log_metrics", counted)
+    return calls
+
+
+def stored(client, run_id):
+    run = client.get_run(run_id)
+    history = {key: sorted((m.step, m.timestamp, str(m.value)) for m in client.get_metric_history(run_id, key))
+               for key in run.data.metrics}
+    return history, {k: str(v) for k, v in run.data.metrics.items()}, run.data.params, \
+        {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+
+
+def batches():
+    """Two batches as a run's logger hands them over, the later one with smaller steps (latest
+    must keep the larger step), values that are not finite, and the params and tags."""
+    def values(steps, t):
+        return [(key, 0.25 * step + i, t, step) for step in steps for i, key in enumerate(KEYS)]
+    first = values(range(100, 201), 1_700_000_000_000)
+    first[4] = ("train_loss", math.nan, first[4][2], first[4][3])
+    first[9] = ("train_accuracy", math.inf, first[9][2], first[9][3])
+    first[-4] = ("train_loss", -math.inf, first[-4][2], first[-4][3])  # the newest train_loss
+    second = values(range(0, 100), 1_700_000_000_500)
+    return [(first, [("lr", "0.1"), ("seed", "7")], [("phase", "one")]), (second, [], [("phase", "two")])]
+
+
+def test_one_insert_stores_what_log_batch_stores(client, log_batch_calls):
+    runs = []
+    for one_insert in (True, False):
+        run_id = client.create_run(client.experiment_id).info.run_id
+        for metrics, params, tags in batches():
+            log_batch(client, run_id, metrics, params, tags, one_insert=one_insert)
+        runs.append(run_id)
+        if one_insert:
+            assert log_batch_calls == []  # the INSERT did it, not a fallback
+    ours, mlflows = (stored(client, run_id) for run_id in runs)
+    assert ours == mlflows
+    assert len(ours[0]["val_loss"]) == 201 and ours[1]["train_loss"] == str(-1.7976931348623157e308)  # how MLflow stores -inf
+
+
+def test_values_already_stored_are_skipped_as_log_batch_skips_them(client, log_batch_calls):
+    (metrics, params, tags), _ = batches()
+    run_id = client.create_run(client.experiment_id).info.run_id
+    log_batch(client, run_id, metrics, params, tags)
+    log_batch(client, run_id, metrics[:8] + [("val_loss", 9.0, 1, 500)], params, tags)
+    assert len(log_batch_calls) == 1  # the second batch went to log_batch
+    history, latest, _, _ = stored(client, run_id)
+    assert len(history["train_loss"]) == 101 and len(history["val_loss"]) == 102
+    assert latest["val_loss"] == "9.0"
+
+
+def test_a_deleted_run_or_a_bad_value_is_refused_before_anything_is_written(client):
+    run_id = client.create_run(client.experiment_id).info.run_id
+    with pytest.raises(MlflowException, match="metrics\\[1\\].value"):
+        log_batch(client, run_id, [("train_loss", 1.0, 1, 0), ("train_loss", "x", 1, 1)])
+    assert client.get_metric_history(run_id, "train_loss") == []
+    client.delete_run(run_id)
+    with pytest.raises(MlflowException, match="must be in the 'active' state"):
+        log_batch(client, run_id, [("train_loss", 1.0, 1, 0)])
+    client.restore_run(run_id)
+    assert client.get_metric_history(run_id, "train_loss") == []
