@@ -105,6 +105,12 @@ class BoundaryRenderer:
         indexed = [nearest_indices(np.asarray(layer), np.array(self.palette).reshape(-1, 3)) for layer in layers]
         self.static = indexed[0]
         self.regions_by_class = np.stack([ix[self.rows[0]:self.rows[1], self.cols[0]:self.cols[1]] for ix in indexed[1:]])
+        # for `compose`: each axes pixel's grid point, and where its pixel of class 0 sits in
+        # regions_by_class (class c's is axes-size x c further on): two gathers an image
+        pixel = np.arange(width * height)
+        row, col = np.divmod(pixel, width)
+        self.grid_point_of_pixel = (row // GRID_STRIDE) * self.grid_shape[1] + col // GRID_STRIDE
+        self.pixel_index = pixel
         self.title_box = (0, self.rows[0])  # the white band above the axes
         font_path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
         self.font = ImageFont.truetype(str(font_path), size=max(12, size // 30))
@@ -152,12 +158,11 @@ class BoundaryRenderer:
 
     def compose(self, regions: np.ndarray, title: str) -> Image.Image:
         pixels = self.static.copy()
-        height, width = self.axes_size[1], self.axes_size[0]
-        up = regions.repeat(GRID_STRIDE, axis=0).repeat(GRID_STRIDE, axis=1)[:height, :width]
-        axes = pixels[self.rows[0]:self.rows[1], self.cols[0]:self.cols[1]]
-        for c, layer in enumerate(self.regions_by_class):
-            mask = up == c
-            axes[mask] = layer[mask]
+        width, height = self.axes_size
+        at = regions.ravel().take(self.grid_point_of_pixel).astype(np.intp)  # each pixel's class
+        at *= width * height
+        at += self.pixel_index
+        pixels[self.rows[0]:self.rows[1], self.cols[0]:self.cols[1]] = self.regions_by_class.take(at).reshape(height, width)
 
         # the title in greys (0 black .. TITLE_GREYS-1 white), antialiased, then mapped to the palette
         band = Image.new("L", (self.size, self.rows[0]), 255)
