@@ -90,14 +90,15 @@ class ImageStage:
     or straight into the run's artifact folder when it is local. Used from one thread only (the
     run's writer thread)."""
 
-    def __init__(self, client, run_id: str):
+    def __init__(self, client, run_id: str, artifact_uri: str | None = None):
+        """`artifact_uri`: the run's, where the caller knows it (saves reading the run)."""
         self.client = client
         self.run_id = run_id
         self.folder: Path | None = None
         self.staged = 0
         self.first_staged_at = 0.0
         self.tagged = False
-        self.local = local_artifact_dir(client.get_run(run_id).info.artifact_uri, client.tracking_uri)
+        self.local = local_artifact_dir(artifact_uri or client.get_run(run_id).info.artifact_uri, client.tracking_uri)
 
     def add(self, image: "Image.Image | tuple[bytes, bytes]", key: str, step: int, timestamp_ms: int) -> None:
         """Stage a step image, or its two files already `encoded`."""

@@ -1,42 +1,48 @@
-"""A run's metric values written into MLflow's SQL store as one multi-row INSERT.
+"""A run's batch of metric values, params and tags written into MLflow's SQL store in one transaction.
 
-`MlflowClient.log_batch` builds an ORM object per value and SQLAlchemy flushes them one at a
-time: about 100 ms for a trial's 804 values, 80% of the writer process's work in a batched
-sweep. For a store in a database (MLflow's `SqlAlchemyStore`: SQLite, PostgreSQL) `log_metrics`
-inserts the values with one statement into the store's own `metrics` table, in one transaction
-with the store's own checks (each value as `log_batch` checks it; the run exists and is active)
-and its own update of `latest_metrics`: 12-20 ms. The rows are the ones `log_batch` writes
-(tests/test_tracking.py compares them). A store of another kind (a tracking server), an MLflow
-whose store internals differ, or a value already in the store (which `log_batch` skips) get
-`log_batch` instead.
+`MlflowClient.log_batch` opens a transaction for the params, one for the metrics and one for
+the tags, and builds an ORM object per metric value that SQLAlchemy flushes one at a time:
+about 100 ms for a trial's 804 values, 80% of the writer process's work in a batched sweep. For
+a store in a database (MLflow's `SqlAlchemyStore`: SQLite, PostgreSQL) `log_batch` here writes
+the same rows in one transaction: the metric values with one multi-row INSERT into the store's
+own `metrics` table, `latest_metrics` brought up to date by the store's own method, the params
+and tags as the store writes them, after the store's own checks (each value, param and tag as
+`log_batch` checks it; the run exists and is active; a param is never changed): 12-20 ms. The
+rows are the ones `log_batch` writes (tests/test_metric_rows.py compares them). A store of
+another kind (a tracking server), an MLflow whose store internals differ, a run-name tag (which
+MLflow also writes into the run's row) or a metric value already stored (which `log_batch`
+skips) get MLflow's `log_batch` instead.
 """
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 
 def log_batch(client: MlflowClient, run_id: str, metrics: list[tuple], params: list[tuple] = (),
               tags: list[tuple] = (), one_insert: bool = True) -> None:
     """What `client.log_batch` does with `metrics` as (key, value, timestamp, step) tuples and
-    params and tags as (key, value) pairs: params and tags first, then the metrics. Not
-    `one_insert`: MLflow's log_batch itself (the benchmark and the tests compare the two)."""
-    if one_insert and metrics and inserted(client, run_id, metrics, params, tags):
+    params and tags as (key, value) pairs. Not `one_insert`: MLflow's log_batch itself (the
+    benchmark and the tests compare the two)."""
+    if one_insert and metrics and in_one_transaction(client, run_id, metrics, params, tags):
         return
     client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=[Param(*p) for p in params],
                      tags=[RunTag(*t) for t in tags])
 
 
-def inserted(client: MlflowClient, run_id: str, metrics: list[tuple], params, tags) -> bool:
-    """Write the batch with one INSERT for the metrics; False, with nothing written, where
-    `log_batch` has to do it (see the module's docstring)."""
+def in_one_transaction(client: MlflowClient, run_id: str, metrics: list[tuple], params, tags) -> bool:
+    """Write the batch in one transaction; False, with nothing written, where `log_batch` has
+    to do it (see the module's docstring)."""
     try:
         from sqlalchemy import insert
         from sqlalchemy.exc import IntegrityError
-        from mlflow.store.tracking.dbmodels.models import SqlMetric
+        from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlTag
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-        from mlflow.utils.validation import _validate_metric
+        from mlflow.utils.validation import _validate_batch_log_data, _validate_metric, _validate_param_keys_unique
         store = client._tracking_client.store
-        if not isinstance(store, SqlAlchemyStore):
+        if not isinstance(store, SqlAlchemyStore) or any(key == MLFLOW_RUN_NAME for key, _ in tags):
             return False
         sessions, sanitized = store.ManagedSessionMaker, store.sanitize_metric_value
         get_run, check_active = store._get_run, store._check_run_is_active
@@ -53,19 +59,33 @@ def inserted(client: MlflowClient, run_id: str, metrics: list[tuple], params, ta
         last = latest.get(key)  # the newest value of each key is all latest_metrics needs
         if last is None or (step, timestamp, value) > (last["step"], last["timestamp"], last["value"]):
             latest[key] = row
-    if params or tags:
-        client.log_batch(run_id, params=[Param(*p) for p in params], tags=[RunTag(*t) for t in tags])
+    _, params, tags = _validate_batch_log_data([], [Param(*p) for p in params], [RunTag(*t) for t in tags])
+    _validate_param_keys_unique(params)
 
     with sessions(read_only=False) as session:
         check_active(get_run(run_uuid=run_id, session=session))
+        if params:  # as the store's _log_params: a param already there must keep its value
+            stored = dict(session.query(SqlParam.key, SqlParam.value).filter(
+                SqlParam.run_uuid == run_id, SqlParam.key.in_([p.key for p in params])))
+            changed = [{"key": p.key, "old_value": stored[p.key], "new_value": p.value}
+                       for p in params if p.key in stored and stored[p.key] != p.value]
+            if changed:
+                raise MlflowException(f"Changing param values is not allowed. Params were already logged='{changed}' "
+                                      f"for run ID='{run_id}'.", INVALID_PARAMETER_VALUE)
+            session.add_all([SqlParam(run_uuid=run_id, key=p.key, value=p.value) for p in params if p.key not in stored])
+        if tags:  # as the store's _set_tags: the last value of a key stands
+            stored = {t.key: t for t in session.query(SqlTag).filter(
+                SqlTag.run_uuid == run_id, SqlTag.key.in_([t.key for t in tags]))}
+            for tag in tags:
+                if tag.key in stored:
+                    stored[tag.key].value = tag.value
+                else:
+                    stored[tag.key] = SqlTag(run_uuid=run_id, key=tag.key, value=tag.value)
+                    session.add(stored[tag.key])
         try:
             session.execute(insert(SqlMetric.__table__), rows)
         except IntegrityError:  # a value already stored: log_batch skips those
-            session.rollback()
-            duplicate = True
-        else:
-            update_latest([SqlMetric(**row) for row in latest.values()], session)
-            duplicate = False
-    if duplicate:
-        client.log_batch(run_id, metrics=[Metric(*m) for m in metrics])
+            session.rollback()  # nothing of this batch is written
+            return False
+        update_latest([SqlMetric(**row) for row in latest.values()], session)
     return True

@@ -3,7 +3,7 @@
 A run's logger hands them over as commands:
   ("batch", run_id, [(key, value, timestamp, step), ...], [(key, value), ...], [(key, value), ...])
                                                                written as log_batch would (harness/metric_rows.py)
-  ("image", run_id, image, key, step, timestamp)               encoded and staged (harness/images.py)
+  ("image", run_id, image, key, step, timestamp, artifact_uri) encoded and staged (harness/images.py)
   ("images", run_id)                                           the staged images written to the run
   ("forget", run_id)                                           the run is closed: drop what is staged
 `Writer` carries them out on a background thread of this process. `WriterProcess` carries
@@ -108,9 +108,10 @@ class Writes:
             from harness.metric_rows import log_batch
             log_batch(self.client, run_id, *args)
         elif kind == "image":
+            image, key, step, timestamp, artifact_uri = args
             if run_id not in self.stages:
-                self.stages[run_id] = ImageStage(self.client, run_id)
-            self.stages[run_id].add(*args)
+                self.stages[run_id] = ImageStage(self.client, run_id, artifact_uri)
+            self.stages[run_id].add(image, key, step, timestamp)
         elif kind == "images":
             if run_id in self.stages:
                 self.stages[run_id].write()

@@ -92,3 +92,13 @@ def test_a_deleted_run_or_a_bad_value_is_refused_before_anything_is_written(clie
         log_batch(client, run_id, [("train_loss", 1.0, 1, 0)])
     client.restore_run(run_id)
     assert client.get_metric_history(run_id, "train_loss") == []
+
+
+def test_a_changed_param_is_refused_and_nothing_of_its_batch_is_written(client):
+    run_id = client.create_run(client.experiment_id).info.run_id
+    log_batch(client, run_id, [("train_loss", 1.0, 1, 0)], [("lr", "0.1")])
+    with pytest.raises(MlflowException, match="Changing param values is not allowed"):
+        log_batch(client, run_id, [("train_loss", 0.5, 1, 1)], [("lr", "0.2")], [("phase", "two")])
+    run = client.get_run(run_id)
+    assert run.data.params == {"lr": "0.1"} and "phase" not in run.data.tags
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0]
