@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from harness import fused_cpu
 from harness.batched import forward, predicted_classes
 from harness.data import Plane
 
@@ -125,18 +126,29 @@ class BoundaryRenderer:
 
     @torch.no_grad()
     def predict_regions(self, model: nn.Module) -> np.ndarray:
-        """Predicted class on the grid (one point per GRID_STRIDE pixels), from one batched forward."""
+        """Predicted class on the grid (one point per GRID_STRIDE pixels). An MLP of
+        harness.model goes the way of a model trained in a batch, so both are drawn alike;
+        any other module through its own forward."""
+        if isinstance(model, nn.Sequential) and all(isinstance(layer, (nn.Linear, nn.ReLU)) for layer in model):
+            params = [t for layer in model if isinstance(layer, nn.Linear) for t in (layer.weight[None], layer.bias.view(1, -1, 1))]
+            return self.predict_regions_batched(params, torch.zeros(1, dtype=torch.long, device=params[0].device))[0]
         was_training = model.training
         model.eval()
         classes = model(self.grid).argmax(dim=1).to(torch.uint8).cpu().numpy()
         model.train(was_training)
         return classes.reshape(self.grid_shape)
 
+    @torch.no_grad()
     def predict_regions_batched(self, params: list[torch.Tensor], models: torch.Tensor) -> np.ndarray:
-        """Regions of several stacked models (see harness.batched), GRID_CHUNK grid points x models
-        at a time: the hidden activations of 20 models over the whole grid are 60 MB, a chunk's
-        fit in a core's cache (3x faster on a CPU), and one model takes few, large chunks."""
+        """Regions of several stacked models (see harness.batched). One hidden layer on the CPU
+        goes through C (harness/fused_cpu.py); otherwise the torch ops, GRID_CHUNK grid points x
+        models at a time: the hidden activations of 20 models over the whole grid are 60 MB, a
+        chunk's fit in a core's cache (3x faster on a CPU), and one model takes few, large chunks."""
         chosen = [p[models] for p in params]
+        if len(chosen) == 4 and self.grid_t.device.type == "cpu":
+            classes = fused_cpu.grid_classes(chosen, self.grid_t)
+            if classes is not None:
+                return classes.numpy().reshape(len(models), *self.grid_shape)
         classes = torch.empty(len(models), self.grid_t.shape[1], dtype=torch.uint8, device=self.grid_t.device)
         chunk = max(1024, GRID_CHUNK // len(models))
         for start in range(0, self.grid_t.shape[1], chunk):

@@ -320,3 +320,46 @@ int train_models(int64_t first_model, int64_t end_model, int64_t K, int64_t H, i
     free(memory);
     return 0;
 }
+
+/* The class that each of M one-hidden-layer models predicts at each of n points (the first of
+   the largest logits, as batched.predicted_classes): for the boundary images, whose grid has
+   tens of thousands of points. Model-major weights as train_models keeps them (w1 (M, H, F + 1)
+   with the bias last, w2 (M, 3, H), b2 (M, 3)); grid (F, n) features-major, n a multiple of
+   GRID_POINTS; out (M, n). The points sit in the vector lanes; a block of them goes through
+   the hidden units one at a time, so the activations never leave the registers and L1. */
+#define GRID_POINTS 64
+void grid_classes(int64_t M, int64_t H, int64_t F, const float *w1, const float *w2, const float *b2,
+                  const float *grid, int64_t n, uint8_t *out) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *a = w1 + m * H * (F + 1), *c = w2 + m * 3 * H, *bias = b2 + m * 3;
+        for (int64_t start = 0; start < n; start += GRID_POINTS) {
+            float l0[GRID_POINTS], l1[GRID_POINTS], l2[GRID_POINTS], hidden[GRID_POINTS];
+            _Pragma("omp simd") for (int p = 0; p < GRID_POINTS; p++) l0[p] = l1[p] = l2[p] = 0.0f;
+            for (int64_t h = 0; h < H; h++) {
+                const float *row = a + h * (F + 1);
+                _Pragma("omp simd") for (int p = 0; p < GRID_POINTS; p++) hidden[p] = 0.0f;
+                for (int64_t f = 0; f < F; f++) {
+                    const float *xs = grid + f * n + start;
+                    const float weight = row[f];
+                    _Pragma("omp simd") for (int p = 0; p < GRID_POINTS; p++) hidden[p] += weight * xs[p];
+                }
+                const float b = row[F], c0 = c[h], c1 = c[H + h], c2 = c[2 * H + h];
+                _Pragma("omp simd") for (int p = 0; p < GRID_POINTS; p++) {
+                    float v = hidden[p] + b;
+                    v = v > 0.0f ? v : 0.0f;
+                    l0[p] += c0 * v;
+                    l1[p] += c1 * v;
+                    l2[p] += c2 * v;
+                }
+            }
+            uint8_t *o = out + m * n + start;
+            _Pragma("omp simd") for (int p = 0; p < GRID_POINTS; p++) {
+                float best = l0[p] + bias[0], v1 = l1[p] + bias[1], v2 = l2[p] + bias[2];
+                uint8_t k = 0;
+                if (v1 > best) { best = v1; k = 1; }
+                if (v2 > best) k = 2;
+                o[p] = k;
+            }
+        }
+    }
+}

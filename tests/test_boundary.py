@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -75,3 +76,23 @@ def test_batched_regions_match_each_model_alone(cpu):
     for j, k in enumerate([3, 1]):
         alone = renderer.predict_regions(create(cfgs[k], 2, init_generator(cfgs[k].seed), cpu))
         assert np.array_equal(regions[j], alone)
+
+
+def test_one_hidden_layer_regions_in_c_are_the_torch_ops_regions(cpu):
+    """The C grid forward (harness/fused_cpu.py) draws what batched.forward would: the same
+    class at every grid point, for weights small and large, whatever the init."""
+    from harness import fused_cpu
+    from harness.batched import forward, predicted_classes, stacked_parameters
+
+    if fused_cpu.library() is None:
+        pytest.skip("no C compiler here: the torch ops draw every boundary")
+    wine = data_lib.load(config.build({}), cpu)
+    renderer = renderer_for(wine, 384, cpu)
+    cfgs = [config.build({"seed": s, "init": init, "hidden": [24]})
+            for s in range(4) for init in ("default", "kaiming_normal", "normal")]
+    for scale in (1.0, 4.0, 30.0):  # trained weights grow: the regions' edges move and sharpen
+        params = [p * scale for p in stacked_parameters(cfgs, 2, cpu)]
+        in_c = fused_cpu.grid_classes(params, renderer.grid_t)
+        torch_ops = predicted_classes(forward(params, renderer.grid_t)[-1]).to(torch.uint8)
+        assert torch.equal(in_c, torch_ops)
+        assert len(torch.unique(torch_ops)) == 3  # every class shows somewhere: the test sees edges
