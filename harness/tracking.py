@@ -60,9 +60,11 @@ class RunLogger:
     """Writes to one run through MlflowClient with an explicit run id; the slow writes (metric
     batches, images) through the tracker's writer (harness/writer.py)."""
 
-    def __init__(self, client: MlflowClient, run_id: str, writer: Writer | WriterProcess):
+    def __init__(self, client: MlflowClient, run_id: str, writer: Writer | WriterProcess,
+                 artifact_uri: str | None = None):
         self.client = client
         self.run_id = run_id
+        self.artifact_uri = artifact_uri  # the writer reads the run for it where it is None
         self.writer = writer
         self.pending: list[tuple] = []  # (key, value, timestamp, step): what mlflow's Metric takes
         self.pending_params: list[tuple[str, str]] = []  # go with the next metrics (`later=True`)
@@ -124,7 +126,7 @@ class RunLogger:
     def log_image(self, image: Image.Image, key: str, step: int) -> None:
         """A step image, laid out as `MlflowClient.log_image(key=key, step=step)` lays it out."""
         self.handed_over = False
-        self.writer.submit(("image", self.run_id, image, key, step, now_ms()))
+        self.writer.submit(("image", self.run_id, image, key, step, now_ms(), self.artifact_uri))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
@@ -201,7 +203,7 @@ class Tracker:
             tags[MLFLOW_GIT_COMMIT] = commit
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name,
                                      tags={k: str(v) for k, v in tags.items()})
-        logger = RunLogger(self.client, run.info.run_id, self.writer)
+        logger = RunLogger(self.client, run.info.run_id, self.writer, run.info.artifact_uri)
         if params:
             logger.log_params(params)
         return logger
