@@ -55,6 +55,18 @@ def nearest_indices(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return distance.argmin(axis=1).astype(np.uint8)[inverse.ravel()].reshape(rgb.shape[:2])
 
 
+def is_harness_mlp(model: nn.Module) -> bool:
+    """Laid out as harness.model.build_mlp lays it out, which is what batched.forward computes:
+    Linear, then (ReLU, Linear) pairs, every Linear with its bias, 3 outputs."""
+    if not isinstance(model, nn.Sequential) or len(model) % 2 == 0:
+        return False
+    for i, layer in enumerate(model):
+        expected = nn.Linear if i % 2 == 0 else nn.ReLU
+        if type(layer) is not expected or (expected is nn.Linear and layer.bias is None):
+            return False
+    return model[-1].out_features == 3
+
+
 def title_text(step: int, loss: float, accuracy: float) -> str:
     return f"step {step}   loss {loss:.4f}   accuracy {accuracy:.3f}"
 
@@ -129,7 +141,7 @@ class BoundaryRenderer:
         """Predicted class on the grid (one point per GRID_STRIDE pixels). An MLP of
         harness.model goes the way of a model trained in a batch, so both are drawn alike;
         any other module through its own forward."""
-        if isinstance(model, nn.Sequential) and all(isinstance(layer, (nn.Linear, nn.ReLU)) for layer in model):
+        if is_harness_mlp(model):
             params = [t for layer in model if isinstance(layer, nn.Linear) for t in (layer.weight[None], layer.bias.view(1, -1, 1))]
             return self.predict_regions_batched(params, torch.zeros(1, dtype=torch.long, device=params[0].device))[0]
         was_training = model.training
@@ -145,7 +157,7 @@ class BoundaryRenderer:
         models at a time: the hidden activations of 20 models over the whole grid are 60 MB, a
         chunk's fit in a core's cache (3x faster on a CPU), and one model takes few, large chunks."""
         chosen = [p[models] for p in params]
-        if len(chosen) == 4 and self.grid_t.device.type == "cpu":
+        if len(chosen) == 4 and chosen[2].shape[1] == 3 and self.grid_t.device.type == "cpu":
             classes = fused_cpu.grid_classes(chosen, self.grid_t)
             if classes is not None:
                 return classes.numpy().reshape(len(models), *self.grid_shape)

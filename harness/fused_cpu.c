@@ -346,7 +346,7 @@ void grid_classes(int64_t M, int64_t H, int64_t F, const float *w1, const float 
                 const float b = row[F], c0 = c[h], c1 = c[H + h], c2 = c[2 * H + h];
                 _Pragma("omp simd") for (int p = 0; p < GRID_POINTS; p++) {
                     float v = hidden[p] + b;
-                    v = v > 0.0f ? v : 0.0f;
+                    v = v < 0.0f ? 0.0f : v;  /* as torch's relu: NaN stays NaN */
                     l0[p] += c0 * v;
                     l1[p] += c1 * v;
                     l2[p] += c2 * v;

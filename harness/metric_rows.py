@@ -10,8 +10,9 @@ and tags as the store writes them, after the store's own checks (each value, par
 `log_batch` checks it; the run exists and is active; a param is never changed): 12-20 ms. The
 rows are the ones `log_batch` writes (tests/test_metric_rows.py compares them). A store of
 another kind (a tracking server), an MLflow whose store internals differ, a run-name tag (which
-MLflow also writes into the run's row) or a metric value already stored (which `log_batch`
-skips) get MLflow's `log_batch` instead.
+MLflow also writes into the run's row), an active model (whose metrics MLflow also writes), a
+batch over MLflow's limits, or a metric value already stored (which `log_batch` skips) get
+MLflow's `log_batch` instead.
 """
 
 from mlflow import MlflowClient
@@ -19,6 +20,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+BATCH_LIMIT = 1000  # MLflow's limit of metric values, params and tags in one log_batch
 
 
 def log_batch(client: MlflowClient, run_id: str, metrics: list[tuple], params: list[tuple] = (),
@@ -40,9 +43,14 @@ def in_one_transaction(client: MlflowClient, run_id: str, metrics: list[tuple], 
         from sqlalchemy.exc import IntegrityError
         from mlflow.store.tracking.dbmodels.models import SqlMetric, SqlParam, SqlTag
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-        from mlflow.utils.validation import _validate_batch_log_data, _validate_metric, _validate_param_keys_unique
+        from mlflow.tracking.fluent import get_active_model_id
+        from mlflow.tracking.metric_value_conversion_utils import convert_metric_value_to_float_if_possible
+        from mlflow.utils.validation import (_validate_batch_log_data, _validate_metric, _validate_param_keys_unique,
+                                             _validate_run_id)
         store = client._tracking_client.store
-        if not isinstance(store, SqlAlchemyStore) or any(key == MLFLOW_RUN_NAME for key, _ in tags):
+        if (not isinstance(store, SqlAlchemyStore) or any(key == MLFLOW_RUN_NAME for key, _ in tags)
+                or get_active_model_id() is not None  # its metrics go to the model too
+                or len(metrics) + len(params) + len(tags) > BATCH_LIMIT):  # log_batch says what is wrong
             return False
         sessions, sanitized = store.ManagedSessionMaker, store.sanitize_metric_value
         get_run, check_active = store._get_run, store._check_run_is_active
@@ -50,8 +58,10 @@ def in_one_transaction(client: MlflowClient, run_id: str, metrics: list[tuple], 
     except (ImportError, AttributeError):
         return False
 
+    _validate_run_id(run_id)
     rows, latest = [], {}
     for i, (key, value, timestamp, step) in enumerate(metrics):
+        value = convert_metric_value_to_float_if_possible(value)  # as the client does (a tensor, an array)
         _validate_metric(key, value, timestamp, step, path=f"metrics[{i}]")
         is_nan, value = sanitized(value)
         row = dict(run_uuid=run_id, key=key, value=value, timestamp=timestamp, step=step, is_nan=is_nan)
@@ -84,8 +94,9 @@ def in_one_transaction(client: MlflowClient, run_id: str, metrics: list[tuple], 
                     session.add(stored[tag.key])
         try:
             session.execute(insert(SqlMetric.__table__), rows)
-        except IntegrityError:  # a value already stored: log_batch skips those
-            session.rollback()  # nothing of this batch is written
-            return False
-        update_latest([SqlMetric(**row) for row in latest.values()], session)
+            update_latest([SqlMetric(**row) for row in latest.values()], session)
+            session.flush()
+        except IntegrityError:  # a value already stored (log_batch skips those), or a latest value
+            session.rollback()  # written meanwhile by another writer (log_batch retries): nothing
+            return False        # of this batch is written, log_batch writes it
     return True

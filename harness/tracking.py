@@ -29,11 +29,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 from harness import tracking_server
 from harness.config import ConfigError
 from harness.images import full_size_step
+from harness.metric_rows import BATCH_LIMIT
 from harness.sqlite import tune_sqlite_connections
 from harness.tracking_server import TrackingUnavailable
 from harness.writer import DEFAULT_TRACKING_URI, WriteError, Writer, WriterProcess, tracking_uri
 
-BATCH_LIMIT = 1000  # MLflow's limit of metric values per log_batch call
 
 
 def experiment_page(ui_base: str, experiment_id: str) -> str:

@@ -74,8 +74,10 @@ def test_batched_regions_match_each_model_alone(cpu):
     params = stacked_parameters(cfgs, 2, cpu)
     regions = renderer.predict_regions_batched(params, torch.tensor([3, 1]))
     for j, k in enumerate([3, 1]):
-        alone = renderer.predict_regions(create(cfgs[k], 2, init_generator(cfgs[k].seed), cpu))
-        assert np.array_equal(regions[j], alone)
+        model = create(cfgs[k], 2, init_generator(cfgs[k].seed), cpu)
+        alone = model(renderer.grid).argmax(dim=1).to(torch.uint8).numpy().reshape(renderer.grid_shape)
+        assert np.array_equal(regions[j], alone)  # the model's own forward
+        assert np.array_equal(renderer.predict_regions(model), alone)
 
 
 def test_one_hidden_layer_regions_in_c_are_the_torch_ops_regions(cpu):
@@ -94,5 +96,23 @@ def test_one_hidden_layer_regions_in_c_are_the_torch_ops_regions(cpu):
         params = [p * scale for p in stacked_parameters(cfgs, 2, cpu)]
         in_c = fused_cpu.grid_classes(params, renderer.grid_t)
         torch_ops = predicted_classes(forward(params, renderer.grid_t)[-1]).to(torch.uint8)
-        assert torch.equal(in_c, torch_ops)
+        # a BLAS may sum in another order: a point whose two best logits tie to the last bit
+        # may differ; an error in the C forward moves whole stretches of the edges
+        assert (in_c != torch_ops).sum() <= in_c.numel() // 10_000
         assert len(torch.unique(torch_ops)) == 3  # every class shows somewhere: the test sees edges
+
+
+def test_a_model_laid_out_otherwise_is_drawn_by_its_own_forward(cpu):
+    from harness.boundary import is_harness_mlp
+    from harness.model import build_mlp
+
+    assert is_harness_mlp(build_mlp(2, [32])) and is_harness_mlp(build_mlp(2, [16, 8]))
+    for other in (nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 3)), nn.Sequential(nn.Linear(2, 3), nn.ReLU()),
+                  nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3, bias=False)),
+                  nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 4)), SplitByFirstInput()):
+        assert not is_harness_mlp(other)
+    wine = data_lib.load(config.build({}), cpu)
+    renderer = renderer_for(wine, 256, cpu)
+    two_linears = nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 3))  # no ReLU between them
+    expected = two_linears(renderer.grid).argmax(dim=1).to(torch.uint8).numpy().reshape(renderer.grid_shape)
+    assert np.array_equal(renderer.predict_regions(two_linears), expected)

@@ -102,3 +102,13 @@ def test_a_changed_param_is_refused_and_nothing_of_its_batch_is_written(client):
     run = client.get_run(run_id)
     assert run.data.params == {"lr": "0.1"} and "phase" not in run.data.tags
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0]
+
+
+def test_values_are_converted_as_the_client_converts_them(client):
+    """A tensor or an array of one value is taken as the float it holds, as by MlflowClient."""
+    import numpy as np
+    import torch
+
+    run_id = client.create_run(client.experiment_id).info.run_id
+    log_batch(client, run_id, [("train_loss", torch.tensor(0.5), 1, 0), ("train_accuracy", np.array(0.25), 1, 0)])
+    assert client.get_run(run_id).data.metrics == {"train_loss": 0.5, "train_accuracy": 0.25}
