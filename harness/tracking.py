@@ -3,10 +3,10 @@ harness/images.py and harness/metric_rows.py), the only ones that import mlflow.
 
 Runs are always closed: FINISHED when the body returns, KILLED on Ctrl-C, FAILED on any other
 exception, and only after every write they were given is in the store. Metrics are buffered and
-written in batches of at most 1000 values (one INSERT into a SQL store, harness/metric_rows.py;
-log_batch for a server); images are encoded and written many at a
-time (harness/images.py); both are written by a background thread, or for a sweep on a local
-store by a writer process (MlflowClient with explicit run ids), so training does not wait for them.
+written in batches of at most 1000 values (one transaction of a SQL store, harness/metric_rows.py;
+log_batch for a server); images are encoded and written many at a time (harness/images.py);
+both are written by a background thread, or for a sweep on a local store by a writer process
+(MlflowClient with explicit run ids), so training does not wait for them.
 A tracking server (an http URI) is reached through harness/tracking_server.py: bounded retries,
 one clear line when it stays down.
 """
@@ -33,7 +33,6 @@ from harness.metric_rows import BATCH_LIMIT
 from harness.sqlite import tune_sqlite_connections
 from harness.tracking_server import TrackingUnavailable
 from harness.writer import DEFAULT_TRACKING_URI, WriteError, Writer, WriterProcess, tracking_uri
-
 
 
 def experiment_page(ui_base: str, experiment_id: str) -> str:
