@@ -2,9 +2,9 @@
 
 import multiprocessing
 import os
-import queue
 import signal
 import sys
+from multiprocessing.connection import wait
 
 import optuna
 
@@ -18,12 +18,12 @@ def finished_count(study: optuna.Study) -> int:
 
 def worker_main(jobs, done) -> None:
     """Entry point of a worker process: wait for the job, then work until the budget is spent,
-    telling `done` the number of each trial it finishes."""
+    sending `done` the number of each trial it finishes."""
     stop_on_first_interrupt()
     try:
         job = jobs.recv()
         if job is not None:
-            work(job, on_trial_done=done.put)
+            work(job, on_trial_done=done.send)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -37,27 +37,33 @@ class WorkerPool:
 
     def __init__(self, size: int):
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        self.processes, self.links = [], []
-        self.done = context.Queue()  # trials the workers finish, for the progress bar
+        self.processes, self.links, self.done = [], [], []
         for i in range(size):
             receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=worker_main, args=(receive, self.done), name=f"sweep-worker-{i}")
+            done_receive, done_send = context.Pipe(duplex=False)  # trials it finishes, for the progress bar
+            process = context.Process(target=worker_main, args=(receive, done_send), name=f"sweep-worker-{i}")
             process.start()
+            done_send.close()  # the worker holds the only writing end: its exit ends the pipe
             self.processes.append(process)
             self.links.append(send)
+            self.done.append(done_receive)
 
     def run(self, jobs: list[Job], study: optuna.Study, progress) -> None:
         """Hand out the jobs and follow the study until every worker is done."""
         for link, job in zip(self.links, jobs):
             link.send(job)
         start = finished_count(study)
-        try:
-            while any(p.is_alive() for p in self.processes):
-                try:  # the workers say when a trial ends: reading the whole study twice a second took CPU from them
-                    self.done.get(timeout=0.5)
-                    progress.update(1)
-                except queue.Empty:
-                    pass
+        open_pipes = list(self.done)
+        try:  # woken by a worker's trial or its exit, never by a clock: the summary starts as the last one ends
+            while open_pipes:
+                for pipe in wait(open_pipes):
+                    try:
+                        pipe.recv()
+                        progress.update(1)
+                    except EOFError:  # the worker has exited
+                        open_pipes.remove(pipe)
+            for p in self.processes:
+                p.join()
         except KeyboardInterrupt:
             self.interrupt()
             raise

@@ -4,14 +4,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from types import SimpleNamespace
 
 import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from harness import study_config
+from harness import study_config, workers
 from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.study import run_sweep
 from harness.sweep import ReportToTrial
@@ -199,6 +201,44 @@ def test_two_worker_processes_add_exactly_the_requested_trials(tmp_path, stores)
     assert {r.info.run_id for r in runs.values()} == {t.user_attrs[RUN_ID_ATTR] for t in trials}
     assert "best trials:" in proc.stdout
     assert f"open the UI: mlflow ui --backend-store-uri {stores['MLFLOW_TRACKING_URI']}, then http://127.0.0.1:5000/#/experiments/" in proc.stdout
+
+
+def pool_run_in_thread(pool, jobs, progress):
+    """`WorkerPool.run` with a guard: a pool that misses its workers' exit fails instead of hanging."""
+    outcome = []
+
+    def target():
+        try:
+            pool.run(jobs, optuna.create_study(), progress)
+            outcome.append(None)
+        except Exception as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert outcome, "the pool did not notice its workers had ended"
+    return outcome[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake work reaches forked workers only")
+def test_the_pool_counts_its_workers_trials_and_names_one_that_died(monkeypatch):
+    def fake_work(job, on_trial_done):  # forked workers run this instead of trials
+        on_trial_done(0)
+        if job == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        on_trial_done(1)
+
+    monkeypatch.setattr(workers, "work", fake_work)
+    progress = SimpleNamespace(n=0, update=lambda k: setattr(progress, "n", progress.n + k), refresh=lambda: None)
+    counted = []
+    monkeypatch.setattr(workers, "finished_count", lambda study: counted.append(progress.n) or 0)
+    assert pool_run_in_thread(workers.WorkerPool(2), ["live", "live"], progress) is None
+    assert counted == [0, 4]  # every trial the workers sent was read before the pool returned
+
+    error = pool_run_in_thread(workers.WorkerPool(2), ["die", "live"], progress)
+    assert isinstance(error, RuntimeError) and "sweep-worker-0 (exit code -9)" in str(error)
+    assert "sweep-worker-1" not in str(error)
 
 
 LONG = TINY.replace("iterations = 30", "iterations = 100000\nplot_every = 1000")
