@@ -21,7 +21,7 @@ from harness.runtime import resolve_device
 from harness.study_config import Sweep
 from harness.study_storage import PARENT_RUN_ATTR
 from harness.sweep import Job, work
-from harness.sweep_summary import SweepSummary, summarize
+from harness.sweep_summary import SweepSummary, draw_figures, summarize
 from harness.tracking import Tracker, tracking_uri
 from harness.workers import WorkerPool
 
@@ -115,14 +115,17 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
         status = None  # the tracking server is gone: the parent stays as it is for the next worker
         raise
     finally:
-        if pool:
-            pool.cancel()  # releases workers still waiting for a job
-        if parent is not None and status is not None:
-            try:
-                if status == "FINISHED":
-                    close_stray_runs(study, tracker, parent.run_id)
-                summary = summarize(study, settings.objectives, parent, tracker.experiment_url(sweep.base.experiment),
-                                    tracker.ui_command(), with_figures=status == "FINISHED")
-            finally:
-                tracker.close_run(parent, status)
+        try:
+            if parent is not None and status is not None:
+                try:
+                    if status == "FINISHED":
+                        close_stray_runs(study, tracker, parent.run_id)
+                    summary = summarize(study, settings.objectives, parent,
+                                        tracker.experiment_url(sweep.base.experiment), tracker.ui_command(),
+                                        with_figures=status == "FINISHED", draw=pool.draw if pool else draw_figures)
+                finally:
+                    tracker.close_run(parent, status)
+        finally:
+            if pool:
+                pool.cancel()  # releases the workers still waiting for a job or a figure to draw
     return summary

@@ -46,27 +46,41 @@ def figures(study: optuna.Study) -> dict[str, callable]:
             "slice": lambda: optuna_plots.plot_slice(study)}
 
 
-def log_figures(study: optuna.Study, parent: RunLogger) -> list[str]:
-    """Optuna's matplotlib figures as images under `optuna/`; returns those that could not be made."""
-    skipped = []
+def drawing_cost(name: str, study: optuna.Study) -> int:
+    """About how long a figure takes to draw, in panels: the slice plot has one per parameter."""
+    return max(1, len({k for t in study.get_trials(deepcopy=False) for k in t.params})) if name == "slice" else 1
+
+
+def draw_figures(study: optuna.Study, names: list[str], folder: str) -> list[str]:
+    """Optuna's matplotlib figures `names` as `folder/<name>.png`; returns those that could not be made."""
+    skipped, plots = [], figures(study)
+    for name in names:
+        try:
+            axes = plots[name]()
+        except (ValueError, RuntimeError, ZeroDivisionError):  # too few complete trials for it
+            skipped.append(name)
+            continue
+        fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        fig.savefig(Path(folder) / f"{name}.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    return skipped
+
+
+def log_figures(study: optuna.Study, parent: RunLogger, draw=draw_figures) -> list[str]:
+    """Optuna's figures as images under `optuna/`, drawn by `draw` (as `draw_figures`; the sweep's
+    idle workers draw them side by side); returns those that could not be made."""
     with tempfile.TemporaryDirectory() as tmp:
-        for name, plot in figures(study).items():
-            try:
-                axes = plot()
-            except (ValueError, RuntimeError, ZeroDivisionError):  # too few complete trials for it
-                skipped.append(name)
-                continue
-            fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-            path = Path(tmp) / f"{name}.png"
-            fig.savefig(path, dpi=100, bbox_inches="tight")
-            plt.close(fig)
-            parent.log_artifact(path, "optuna")
+        names = list(figures(study))
+        skipped = draw(study, names, tmp)
+        for name in names:
+            if name not in skipped:
+                parent.log_artifact(Path(tmp) / f"{name}.png", "optuna")
     return skipped
 
 
 def summarize(study: optuna.Study, objectives: list[str], parent: RunLogger, experiment_url: str,
-              ui_command: str, with_figures: bool = True) -> SweepSummary:
-    """Write the best trial and the figures to the parent run; return what the table shows."""
+              ui_command: str, with_figures: bool = True, draw=draw_figures) -> SweepSummary:
+    """Write the best trial and the figures (drawn by `draw`) to the parent run; return what the table shows."""
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(1 for t in trials if t.state.name == s) for s in STATES}
     best = best_trials(study)
@@ -79,7 +93,7 @@ def summarize(study: optuna.Study, objectives: list[str], parent: RunLogger, exp
     elif best:
         tags["pareto_trial_numbers"] = ",".join(str(t.number) for t in best)
     if with_figures:
-        skipped = log_figures(study, parent)
+        skipped = log_figures(study, parent, draw)
         if skipped:
             tags["figures_skipped"] = ",".join(skipped)
     parent.set_tags(tags)

@@ -10,6 +10,9 @@ import optuna
 
 from harness.signals import stop_on_first_interrupt
 from harness.sweep import Job, work
+from harness.sweep_summary import draw_figures, drawing_cost
+
+WORK_DONE = "work done"  # a worker's word once its share of the trials is done: it may draw figures
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -18,14 +21,30 @@ def finished_count(study: optuna.Study) -> int:
 
 def worker_main(jobs, done) -> None:
     """Entry point of a worker process: wait for the job, then work until the budget is spent,
-    sending `done` the number of each trial it finishes."""
+    sending `done` the number of each trial it finishes; then draw the summary's figures it is
+    asked for, until it is told to stop."""
     stop_on_first_interrupt()
     try:
         job = jobs.recv()
-        if job is not None:
-            work(job, on_trial_done=done.send)
+        if job is None:
+            return
+        work(job, on_trial_done=done.send)
+        done.send(WORK_DONE)
+        while (request := jobs.recv()) is not None:
+            done.send(draw_share(*request))
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def draw_share(study_name: str, directions: list, trials: list, names: list[str], folder: str) -> list[str] | None:
+    """Draw the figures `names` of a study whose trials were sent over, into `folder`; None if
+    they could not be drawn here (the sweep's process draws them instead)."""
+    try:
+        study = optuna.create_study(study_name=study_name, directions=directions)
+        study.add_trials(trials)  # in memory, numbered as in the study
+        return draw_figures(study, names, folder)
+    except Exception:
+        return None
 
 
 class WorkerPool:
@@ -38,6 +57,7 @@ class WorkerPool:
     def __init__(self, size: int):
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.processes, self.links, self.done = [], [], []
+        self.idle: list[int] = []  # workers whose share of the trials is done, alive and waiting
         for i in range(size):
             receive, send = context.Pipe(duplex=False)
             done_receive, done_send = context.Pipe(duplex=False)  # trials it finishes, for the progress bar
@@ -58,21 +78,54 @@ class WorkerPool:
             while open_pipes:
                 for pipe in wait(open_pipes):
                     try:
-                        pipe.recv()
-                        progress.update(1)
+                        message = pipe.recv()
                     except EOFError:  # the worker has exited
                         open_pipes.remove(pipe)
-            for p in self.processes:
-                p.join()
+                        continue
+                    if message == WORK_DONE:
+                        open_pipes.remove(pipe)
+                        self.idle.append(self.done.index(pipe))
+                    else:
+                        progress.update(1)
+            for i, p in enumerate(self.processes):
+                if i not in self.idle:
+                    p.join()
         except KeyboardInterrupt:
             self.interrupt()
             raise
         progress.n = finished_count(study) - start
         progress.refresh()
-        dead = [f"{p.name} (exit code {p.exitcode})" for p in self.processes if p.exitcode != 0]
+        dead = [f"{p.name} (exit code {p.exitcode})" for i, p in enumerate(self.processes) if i not in self.idle and p.exitcode != 0]
         if dead:
             raise RuntimeError(f"sweep workers failed: {', '.join(dead)}; a trial they left running "
                                f"is retried by the next sweep")
+
+    def draw(self, study: optuna.Study, names: list[str], folder: str) -> list[str]:
+        """`draw_figures`, shared out between the idle workers and this process, the longest
+        first, each to whoever has least to draw so far."""
+        shares: list[list[str]] = [[] for _ in range(len(self.idle) + 1)]  # the last one is this process's
+        loads = [0] * len(shares)
+        for name in sorted(names, key=lambda n: -drawing_cost(n, study)):
+            least = loads.index(min(loads))
+            shares[least].append(name)
+            loads[least] += drawing_cost(name, study)
+        trials = study.get_trials(deepcopy=False)
+        asked = []
+        for worker, share in zip(self.idle, shares):
+            if share:
+                try:
+                    self.links[worker].send((study.study_name, study.directions, trials, share, folder))
+                    asked.append((worker, share))
+                except OSError:  # it has gone: drawn here
+                    shares[-1] += share
+        skipped = draw_figures(study, shares[-1], folder)
+        for worker, share in asked:
+            try:
+                drawn = self.done[worker].recv()
+            except EOFError:
+                drawn = None
+            skipped += draw_figures(study, share, folder) if drawn is None else drawn
+        return skipped
 
     def interrupt(self) -> None:
         """Ctrl-C: from a terminal the workers got it too; give them time to close their runs,

@@ -10,10 +10,12 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from PIL import Image
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from harness import study_config, workers
+from harness.sweep_summary import draw_figures
 from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.study import run_sweep
 from harness.sweep import ReportToTrial
@@ -199,6 +201,8 @@ def test_two_worker_processes_add_exactly_the_requested_trials(tmp_path, stores)
     runs = children(client, study.user_attrs[PARENT_RUN_ATTR])
     assert sorted(runs) == [0, 1, 2, 3, 4]
     assert {r.info.run_id for r in runs.values()} == {t.user_attrs[RUN_ID_ATTR] for t in trials}
+    figures = {a.path for a in client.list_artifacts(study.user_attrs[PARENT_RUN_ATTR], "optuna")}
+    assert figures == {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/slice.png"}
     assert "best trials:" in proc.stdout
     assert f"open the UI: mlflow ui --backend-store-uri {stores['MLFLOW_TRACKING_URI']}, then http://127.0.0.1:5000/#/experiments/" in proc.stdout
 
@@ -233,12 +237,44 @@ def test_the_pool_counts_its_workers_trials_and_names_one_that_died(monkeypatch)
     progress = SimpleNamespace(n=0, update=lambda k: setattr(progress, "n", progress.n + k), refresh=lambda: None)
     counted = []
     monkeypatch.setattr(workers, "finished_count", lambda study: counted.append(progress.n) or 0)
-    assert pool_run_in_thread(workers.WorkerPool(2), ["live", "live"], progress) is None
+    pool = workers.WorkerPool(2)
+    assert pool_run_in_thread(pool, ["live", "live"], progress) is None
     assert counted == [0, 4]  # every trial the workers sent was read before the pool returned
+    assert sorted(pool.idle) == [0, 1] and all(p.is_alive() for p in pool.processes)  # waiting for figures
+    pool.cancel()
+    assert [p.exitcode for p in pool.processes] == [0, 0]
 
-    error = pool_run_in_thread(workers.WorkerPool(2), ["die", "live"], progress)
+    pool = workers.WorkerPool(2)
+    error = pool_run_in_thread(pool, ["die", "live"], progress)
     assert isinstance(error, RuntimeError) and "sweep-worker-0 (exit code -9)" in str(error)
-    assert "sweep-worker-1" not in str(error)
+    assert "sweep-worker-1" not in str(error) and pool.idle == [1]
+    pool.cancel()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake work reaches forked workers only")
+@pytest.mark.parametrize("worker_draws", [True, False])
+def test_idle_workers_draw_the_figures_this_process_would(tmp_path, monkeypatch, worker_draws):
+    study = optuna.create_study(study_name="s", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("lr", 0.01, 1.0, log=True) + t.suggest_int("seed", 0, 9), n_trials=8)
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))  # numbers stay as in the study
+    monkeypatch.setattr(workers, "work", lambda job, on_trial_done: None)
+    if not worker_draws:  # a worker that cannot draw: this process draws its share
+        monkeypatch.setattr(workers, "draw_share", lambda *args: None)
+    pool = workers.WorkerPool(2)
+    try:
+        progress = SimpleNamespace(n=0, update=lambda k: None, refresh=lambda: None)
+        assert pool_run_in_thread(pool, ["a", "b"], progress) is None
+        names = ["optimization_history", "param_importances", "slice"]
+        (tmp_path / "pool").mkdir(), (tmp_path / "here").mkdir()
+        assert pool.draw(study, names, str(tmp_path / "pool")) == []
+        assert draw_figures(study, names, str(tmp_path / "here")) == []
+    finally:
+        pool.cancel()
+    for name in names:  # the same figure (the importances are fitted at random: same size only)
+        drawn, here = (Image.open(tmp_path / d / f"{name}.png") for d in ("pool", "here"))
+        assert drawn.size == here.size
+        if name != "param_importances":
+            assert drawn.tobytes() == here.tobytes(), name
 
 
 LONG = TINY.replace("iterations = 30", "iterations = 100000\nplot_every = 1000")
