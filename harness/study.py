@@ -82,7 +82,7 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
     if workers < 1:
         raise ConfigError(f"workers: must be >= 1, got {workers}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pool = WorkerPool(workers) if workers > 1 else None  # forked before any database is open
+    pool = WorkerPool(workers, sweep) if workers > 1 else None  # forked before any database is open
     parent, status = None, "FAILED"
     try:
         resolve_device(sweep.base.device)  # an unavailable device fails here, before any trial

@@ -343,8 +343,9 @@ def load_study(job: Job, storage) -> optuna.Study:
                              pruner=make_pruner(job.sweep.settings.pruner))
 
 
-def work(job: Job, on_trial_done=None) -> None:
-    """Claim and run trials until the budget is spent. A failing trial is FAILED and work goes on."""
+def work(job: Job, on_trial_done=None, workspace: Workspace | None = None) -> None:
+    """Claim and run trials until the budget is spent. A failing trial is FAILED and work goes on.
+    `workspace`: one made beforehand (`prepare_workspace`), used where the trials' data match it."""
     # The network is tiny: torch's intra-op threads only fight the MLflow writes (and the other
     # workers) for the cores, which slows each step several times over.
     torch.set_num_threads(1)
@@ -356,13 +357,23 @@ def work(job: Job, on_trial_done=None) -> None:
     # already fill the cores: each keeps a writer thread.
     tracker = Tracker(job.tracking_uri, writer_process=job.workers == 1)
     try:
-        claim_and_run(job, study, storage, tracker, OpenRuns(job, tracker, on_trial_done))
+        claim_and_run(job, study, storage, tracker, OpenRuns(job, tracker, on_trial_done), workspace)
     finally:
         tracker.close()
 
 
-def claim_and_run(job: Job, study: optuna.Study, storage, tracker: Tracker, open_runs: OpenRuns) -> None:
-    workspace = None
+def prepare_workspace(sweep: Sweep) -> Workspace | None:
+    """The data and the renderer for the sweep's fixed settings, made by a worker process while
+    the sweep's process opens the study; None where they cannot be (the trial says why)."""
+    torch.set_num_threads(1)  # as in `work`
+    try:
+        return Workspace.for_config(sweep.base)
+    except Exception:
+        return None
+
+
+def claim_and_run(job: Job, study: optuna.Study, storage, tracker: Tracker, open_runs: OpenRuns,
+                  workspace: Workspace | None = None) -> None:
     batch_size = job.sweep.settings.batch_size
     try:
         while True:

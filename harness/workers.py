@@ -9,7 +9,8 @@ from multiprocessing.connection import wait
 import optuna
 
 from harness.signals import stop_on_first_interrupt
-from harness.sweep import Job, work
+from harness.study_config import Sweep
+from harness.sweep import Job, prepare_workspace, work
 from harness.sweep_summary import draw_figures, drawing_cost
 
 WORK_DONE = "work done"  # a worker's word once its share of the trials is done: it may draw figures
@@ -19,16 +20,17 @@ def finished_count(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
 
 
-def worker_main(jobs, done) -> None:
-    """Entry point of a worker process: wait for the job, then work until the budget is spent,
-    sending `done` the number of each trial it finishes; then draw the summary's figures it is
-    asked for, until it is told to stop."""
+def worker_main(jobs, done, sweep: Sweep | None = None) -> None:
+    """Entry point of a worker process: make the sweep's workspace while the job is on its way,
+    then work until the budget is spent, sending `done` the number of each trial it finishes;
+    then draw the summary's figures it is asked for, until it is told to stop."""
     stop_on_first_interrupt()
     try:
+        workspace = prepare_workspace(sweep) if sweep is not None else None
         job = jobs.recv()
         if job is None:
             return
-        work(job, on_trial_done=done.send)
+        work(job, on_trial_done=done.send, workspace=workspace)
         done.send(WORK_DONE)
         while (request := jobs.recv()) is not None:
             done.send(draw_share(*request))
@@ -54,14 +56,15 @@ class WorkerPool:
     instead of spending seconds importing them again; elsewhere they are spawned.
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, sweep: Sweep | None = None):
+        """`sweep`: its data and renderer are made in each worker while this process opens the study."""
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         self.processes, self.links, self.done = [], [], []
         self.idle: list[int] = []  # workers whose share of the trials is done, alive and waiting
         for i in range(size):
             receive, send = context.Pipe(duplex=False)
             done_receive, done_send = context.Pipe(duplex=False)  # trials it finishes, for the progress bar
-            process = context.Process(target=worker_main, args=(receive, done_send), name=f"sweep-worker-{i}")
+            process = context.Process(target=worker_main, args=(receive, done_send, sweep), name=f"sweep-worker-{i}")
             process.start()
             done_send.close()  # the worker holds the only writing end: its exit ends the pipe
             self.processes.append(process)

@@ -227,7 +227,7 @@ def pool_run_in_thread(pool, jobs, progress):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake work reaches forked workers only")
 def test_the_pool_counts_its_workers_trials_and_names_one_that_died(monkeypatch):
-    def fake_work(job, on_trial_done):  # forked workers run this instead of trials
+    def fake_work(job, on_trial_done, workspace):  # forked workers run this instead of trials
         on_trial_done(0)
         if job == "die":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -257,7 +257,7 @@ def test_idle_workers_draw_the_figures_this_process_would(tmp_path, monkeypatch,
     study = optuna.create_study(study_name="s", sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: t.suggest_float("lr", 0.01, 1.0, log=True) + t.suggest_int("seed", 0, 9), n_trials=8)
     study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))  # numbers stay as in the study
-    monkeypatch.setattr(workers, "work", lambda job, on_trial_done: None)
+    monkeypatch.setattr(workers, "work", lambda job, on_trial_done, workspace: None)
     if not worker_draws:  # a worker that cannot draw: this process draws its share
         monkeypatch.setattr(workers, "draw_share", lambda *args: None)
     pool = workers.WorkerPool(2)
