@@ -12,30 +12,42 @@ from harness.signals import stop_on_first_interrupt
 from harness.study_config import Sweep
 from harness.sweep import Job, prepare_workspace, work
 from harness.sweep_summary import draw_figures, drawing_cost
+from harness.writer import interrupts_held
 
 WORK_DONE = "work done"  # a worker's word once its share of the trials is done: it may draw figures
+DRAW_TIMEOUT_S = 120  # a worker's share of the summary's figures takes well under a second
 
 
 def finished_count(study: optuna.Study) -> int:
     return sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
 
 
-def worker_main(jobs, done, sweep: Sweep | None = None) -> None:
+def worker_main(jobs, jobs_writer, done, sweep: Sweep | None = None) -> None:
     """Entry point of a worker process: make the sweep's workspace while the job is on its way,
     then work until the budget is spent, sending `done` the number of each trial it finishes;
-    then draw the summary's figures it is asked for, until it is told to stop."""
+    then draw the summary's figures it is asked for, until it is told to stop or the sweep's
+    process is gone."""
     stop_on_first_interrupt()
+    jobs_writer.close()  # forked with it: only the sweep's process writes, so its end ends the pipe
     try:
         workspace = prepare_workspace(sweep) if sweep is not None else None
-        job = jobs.recv()
+        job = next_request(jobs)
         if job is None:
             return
         work(job, on_trial_done=done.send, workspace=workspace)
         done.send(WORK_DONE)
-        while (request := jobs.recv()) is not None:
+        while (request := next_request(jobs)) is not None:
             done.send(draw_share(*request))
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def next_request(jobs):
+    """The next job or drawing request; None to stop, also once the sweep's process is gone."""
+    try:
+        return jobs.recv()
+    except EOFError:
+        return None
 
 
 def draw_share(study_name: str, directions: list, trials: list, names: list[str], folder: str) -> list[str] | None:
@@ -64,7 +76,8 @@ class WorkerPool:
         for i in range(size):
             receive, send = context.Pipe(duplex=False)
             done_receive, done_send = context.Pipe(duplex=False)  # trials it finishes, for the progress bar
-            process = context.Process(target=worker_main, args=(receive, done_send, sweep), name=f"sweep-worker-{i}")
+            process = context.Process(target=worker_main, args=(receive, send, done_send, sweep),
+                                      name=f"sweep-worker-{i}")
             process.start()
             done_send.close()  # the worker holds the only writing end: its exit ends the pipe
             self.processes.append(process)
@@ -73,11 +86,12 @@ class WorkerPool:
 
     def run(self, jobs: list[Job], study: optuna.Study, progress) -> None:
         """Hand out the jobs and follow the study until every worker is done."""
-        for link, job in zip(self.links, jobs):
-            link.send(job)
-        start = finished_count(study)
         open_pipes = list(self.done)
         try:  # woken by a worker's trial or its exit, never by a clock: the summary starts as the last one ends
+            for link, job in zip(self.links, jobs):
+                with interrupts_held():  # a message cut in the middle would leave the pipe out of step
+                    link.send(job)
+            start = finished_count(study)
             while open_pipes:
                 for pipe in wait(open_pipes):
                     try:
@@ -98,15 +112,17 @@ class WorkerPool:
             raise
         progress.n = finished_count(study) - start
         progress.refresh()
-        dead = [f"{p.name} (exit code {p.exitcode})" for i, p in enumerate(self.processes) if i not in self.idle and p.exitcode != 0]
+        dead = [f"{p.name} (exit code {p.exitcode})" for i, p in enumerate(self.processes)
+                if i not in self.idle and p.exitcode != 0]
         if dead:
             raise RuntimeError(f"sweep workers failed: {', '.join(dead)}; a trial they left running "
                                f"is retried by the next sweep")
 
     def draw(self, study: optuna.Study, names: list[str], folder: str) -> list[str]:
-        """`draw_figures`, shared out between the idle workers and this process, the longest
-        first, each to whoever has least to draw so far."""
-        shares: list[list[str]] = [[] for _ in range(len(self.idle) + 1)]  # the last one is this process's
+        """`draw_figures`, shared out between this process and the idle workers, the longest
+        first, each to whoever has least to draw so far (this process first). A worker that
+        cannot draw its share, or takes over DRAW_TIMEOUT_S, leaves it to this process."""
+        shares: list[list[str]] = [[] for _ in range(len(self.idle) + 1)]  # the first one is this process's
         loads = [0] * len(shares)
         for name in sorted(names, key=lambda n: -drawing_cost(n, study)):
             least = loads.index(min(loads))
@@ -114,25 +130,35 @@ class WorkerPool:
             loads[least] += drawing_cost(name, study)
         trials = study.get_trials(deepcopy=False)
         asked = []
-        for worker, share in zip(self.idle, shares):
+        for worker, share in zip(self.idle, shares[1:]):
             if share:
                 try:
-                    self.links[worker].send((study.study_name, study.directions, trials, share, folder))
+                    with interrupts_held():
+                        self.links[worker].send((study.study_name, study.directions, trials, share, folder))
                     asked.append((worker, share))
                 except OSError:  # it has gone: drawn here
-                    shares[-1] += share
-        skipped = draw_figures(study, shares[-1], folder)
+                    shares[0] += share
+        skipped = draw_figures(study, shares[0], folder)
         for worker, share in asked:
+            drawn = None
             try:
-                drawn = self.done[worker].recv()
+                if self.done[worker].poll(DRAW_TIMEOUT_S):
+                    drawn = self.done[worker].recv()
+                else:  # stuck: it is stopped, and its share drawn here
+                    self.processes[worker].kill()
             except EOFError:
-                drawn = None
+                pass
             skipped += draw_figures(study, share, folder) if drawn is None else drawn
         return skipped
 
     def interrupt(self) -> None:
         """Ctrl-C: from a terminal the workers got it too; give them time to close their runs,
-        then pass it on to any that did not get it."""
+        then pass it on to any that did not get it. Idle workers are told to stop at once."""
+        for i in self.idle:
+            try:
+                self.links[i].send(None)
+            except OSError:  # it has just exited
+                pass
         for p in self.processes:
             p.join(10)
         for p in self.processes:
@@ -150,3 +176,7 @@ class WorkerPool:
                     pass
         for p in self.processes:
             p.join(60)
+        for p in self.processes:
+            if p.is_alive():  # stuck: this process must not wait for it as it exits
+                p.kill()
+                p.join()

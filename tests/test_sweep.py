@@ -18,7 +18,8 @@ from harness import study_config, workers
 from harness.sweep_summary import draw_figures
 from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.study import run_sweep
-from harness.sweep import ReportToTrial
+from harness.experiment import Workspace
+from harness.sweep import ReportToTrial, prepare_workspace
 from conftest import ROOT, run_cli
 from test_tracking import image_steps
 
@@ -238,17 +239,52 @@ def test_the_pool_counts_its_workers_trials_and_names_one_that_died(monkeypatch)
     counted = []
     monkeypatch.setattr(workers, "finished_count", lambda study: counted.append(progress.n) or 0)
     pool = workers.WorkerPool(2)
-    assert pool_run_in_thread(pool, ["live", "live"], progress) is None
-    assert counted == [0, 4]  # every trial the workers sent was read before the pool returned
-    assert sorted(pool.idle) == [0, 1] and all(p.is_alive() for p in pool.processes)  # waiting for figures
-    pool.cancel()
+    try:
+        assert pool_run_in_thread(pool, ["live", "live"], progress) is None
+        assert counted == [0, 4]  # every trial the workers sent was read before the pool returned
+        assert sorted(pool.idle) == [0, 1] and all(p.is_alive() for p in pool.processes)  # waiting for figures
+    finally:
+        pool.cancel()
     assert [p.exitcode for p in pool.processes] == [0, 0]
 
     pool = workers.WorkerPool(2)
-    error = pool_run_in_thread(pool, ["die", "live"], progress)
-    assert isinstance(error, RuntimeError) and "sweep-worker-0 (exit code -9)" in str(error)
-    assert "sweep-worker-1" not in str(error) and pool.idle == [1]
-    pool.cancel()
+    try:
+        error = pool_run_in_thread(pool, ["die", "live"], progress)
+        assert isinstance(error, RuntimeError) and "sweep-worker-0 (exit code -9)" in str(error)
+        assert "sweep-worker-1" not in str(error) and pool.idle == [1]
+    finally:
+        pool.cancel()
+
+
+ORPHANS = """
+import os, signal, sys
+import optuna
+from types import SimpleNamespace
+from harness import workers
+workers.work = lambda job, on_trial_done, workspace=None: None
+pool = workers.WorkerPool(2)
+if sys.argv[1] == "idle":  # their trials done, waiting for figures to draw
+    pool.run(["a", "b"], optuna.create_study(), SimpleNamespace(n=0, update=lambda k: None, refresh=lambda: None))
+print(" ".join(str(p.pid) for p in pool.processes), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake work reaches forked workers only")
+@pytest.mark.parametrize("when", ["waiting for the job", "idle"])
+def test_workers_do_not_outlive_a_killed_sweep_process(tmp_path, when):
+    script = write(tmp_path, ORPHANS, "orphans.py")
+    proc = subprocess.run([sys.executable, str(script), when], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    pids = [int(pid) for pid in proc.stdout.split()]
+    deadline = time.time() + 60
+    while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in pids):
+        time.sleep(0.2)
+    alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "workers left behind"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake work reaches forked workers only")
@@ -266,7 +302,12 @@ def test_idle_workers_draw_the_figures_this_process_would(tmp_path, monkeypatch,
         assert pool_run_in_thread(pool, ["a", "b"], progress) is None
         names = ["optimization_history", "param_importances", "slice"]
         (tmp_path / "pool").mkdir(), (tmp_path / "here").mkdir()
+        drawn_here = []  # by this process: the workers, forked before, keep the real one
+        monkeypatch.setattr(workers, "draw_figures",
+                            lambda study, share, folder: drawn_here.extend(share) or draw_figures(study, share, folder))
         assert pool.draw(study, names, str(tmp_path / "pool")) == []
+        # the slice plot (2 panels) here, the others in the workers unless they cannot draw
+        assert drawn_here == (["slice"] if worker_draws else ["slice", "optimization_history", "param_importances"])
         assert draw_figures(study, names, str(tmp_path / "here")) == []
     finally:
         pool.cancel()
@@ -361,6 +402,14 @@ def test_sweep_config_errors_are_one_line_before_any_trial(tmp_path, stores, tex
     assert proc.stderr.strip() == f"error: {proc.stderr.strip()[7:]}" and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_worker_prepares_the_workspace_its_trials_use(tmp_path):
+    sweep = study_config.load(write(tmp_path, TINY))
+    prepared = prepare_workspace(sweep)  # in a worker, while the sweep's process opens the study
+    assert Workspace.for_config(sweep.trial_config({"lr": 0.1}), reuse=prepared) is prepared
+    other = study_config.load(write(tmp_path, TINY.replace("[sweep]", "val_fraction = 0.25\n[sweep]")))
+    assert Workspace.for_config(other.trial_config({"lr": 0.1}), reuse=prepared) is not prepared
 
 
 def test_searching_other_fields_and_a_fixed_default_key(tmp_path):
