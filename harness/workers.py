@@ -104,16 +104,15 @@ class WorkerPool:
                         self.idle.append(self.done.index(pipe))
                     else:
                         progress.update(1)
-            for i, p in enumerate(self.processes):
-                if i not in self.idle:
-                    p.join()
+            ended = [p for i, p in enumerate(self.processes) if i not in self.idle]
+            for p in ended:
+                p.join()
         except KeyboardInterrupt:
             self.interrupt()
             raise
         progress.n = finished_count(study) - start
         progress.refresh()
-        dead = [f"{p.name} (exit code {p.exitcode})" for i, p in enumerate(self.processes)
-                if i not in self.idle and p.exitcode != 0]
+        dead = [f"{p.name} (exit code {p.exitcode})" for p in ended if p.exitcode != 0]
         if dead:
             raise RuntimeError(f"sweep workers failed: {', '.join(dead)}; a trial they left running "
                                f"is retried by the next sweep")
@@ -122,12 +121,13 @@ class WorkerPool:
         """`draw_figures`, shared out between this process and the idle workers, the longest
         first, each to whoever has least to draw so far (this process first). A worker that
         cannot draw its share, or takes over DRAW_TIMEOUT_S, leaves it to this process."""
+        costs = {name: drawing_cost(name, study) for name in names}
         shares: list[list[str]] = [[] for _ in range(len(self.idle) + 1)]  # the first one is this process's
         loads = [0] * len(shares)
-        for name in sorted(names, key=lambda n: -drawing_cost(n, study)):
+        for name in sorted(names, key=lambda n: -costs[n]):
             least = loads.index(min(loads))
             shares[least].append(name)
-            loads[least] += drawing_cost(name, study)
+            loads[least] += costs[name]
         trials = study.get_trials(deepcopy=False)
         asked = []
         for worker, share in zip(self.idle, shares[1:]):
@@ -154,11 +154,7 @@ class WorkerPool:
     def interrupt(self) -> None:
         """Ctrl-C: from a terminal the workers got it too; give them time to close their runs,
         then pass it on to any that did not get it. Idle workers are told to stop at once."""
-        for i in self.idle:
-            try:
-                self.links[i].send(None)
-            except OSError:  # it has just exited
-                pass
+        self.tell_to_stop(self.idle)
         for p in self.processes:
             p.join(10)
         for p in self.processes:
@@ -167,13 +163,17 @@ class WorkerPool:
         for p in self.processes:
             p.join(60)
 
-    def cancel(self) -> None:
-        for link, p in zip(self.links, self.processes):
-            if p.is_alive():
+    def tell_to_stop(self, workers) -> None:
+        """Stop the workers (indices) waiting for a job or a figure to draw."""
+        for i in workers:
+            if self.processes[i].is_alive():
                 try:
-                    link.send(None)
+                    self.links[i].send(None)
                 except OSError:  # it has just exited
                     pass
+
+    def cancel(self) -> None:
+        self.tell_to_stop(range(len(self.processes)))
         for p in self.processes:
             p.join(60)
         for p in self.processes:
