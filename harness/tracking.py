@@ -149,6 +149,8 @@ class Tracker:
         self.client = tracking_server.ServerClient(client, self.uri) if self.is_server else client
         in_process = writer_process and self.local_db is not None and os.name == "posix"
         self.writer = WriterProcess(self.uri) if in_process else Writer(self.client)
+        if in_process:
+            self.writer.open_store()  # the store exists now: the client above made it
         self.experiment_ids: dict[str, str] = {}
 
     def close(self) -> None:

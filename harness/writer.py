@@ -6,6 +6,7 @@ A run's logger hands them over as commands:
   ("image", run_id, image, key, step, timestamp, artifact_uri) encoded and staged (harness/images.py)
   ("images", run_id)                                           the staged images written to the run
   ("forget", run_id)                                           the run is closed: drop what is staged
+  ("open", None)                                               open the store now (`WriterProcess.open_store`)
 `Writer` carries them out on a background thread of this process. `WriterProcess` carries
 them out in a child process with its own MLflow client: MLflow's writes are Python that holds
 the GIL, so on a thread they take turns with the rest of this process, and in a process they
@@ -206,6 +207,18 @@ class WriterProcess:
         self.asked, self.errors, self.unasked, self.encoding, self.sent = [], {}, set(), [], set()
         return WriteError(f"the MLflow writer process stopped (exit code {code}); the writes it was given may be lost")
 
+    def open_store(self) -> None:
+        """Have the child open the store now, once it exists (this process's client made it):
+        opening it takes the child about half a second, which the first run's writes would
+        otherwise wait for."""
+        if self.process is None:
+            self._start()
+        try:
+            with interrupts_held():
+                self.link.send(("open", None))
+        except OSError:
+            raise self._gone() from None
+
     def submit(self, command: tuple) -> None:
         if self.process is None:
             self._start()
@@ -304,12 +317,15 @@ def child(tracking_uri: str, fd: int) -> None:
     """The writer process: carry out commands until told to stop or the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from mlflow import MlflowClient
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (most of opening the store: 0.6-1 s)
 
+    from harness import metric_rows  # noqa: F401  (the first batch's)
     from harness.sqlite import tune_sqlite_connections
 
     tune_sqlite_connections()
-    # The store is opened at the first command, not now: started early (`start_early`), this
-    # process would create a new store while the parent does, and one of them would fail.
+    # The store is opened at the first command ("open" as soon as the parent's client has made
+    # it), not now: started early (`start_early`), this process would create a new store while
+    # the parent does, and one of them would fail.
     writes: Writes | None = None
     link = Connection(fd)
     answering = True  # until the parent stops listening: it may close or die with questions out
@@ -323,6 +339,8 @@ def child(tracking_uri: str, fd: int) -> None:
             break
         if writes is None:
             writes = Writes(MlflowClient(tracking_uri))
+        if kind == "open":  # the store is opened: nothing more to do
+            continue
         if kind == "drain":  # None: every run's errors
             failed = writes.failures(run_id)
             if answering:

@@ -1,4 +1,7 @@
+import os
 import re
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,6 +309,32 @@ def test_a_writer_process_started_early_is_the_one_used(session_store, tmp_path)
     finally:
         process_tracker.close()
     assert early.poll() == 0
+
+
+def open_files(pid: int) -> set[Path]:
+    files = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            files.add(Path(os.readlink(fd)))
+        except OSError:  # closed meanwhile
+            pass
+    return files
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads the writer process's open files in /proc")
+def test_a_writer_process_opens_the_store_before_it_is_given_a_write(session_store):
+    """Opening the store takes the child half a second or more: it does it as the tracker is
+    made, not when the first run's writes come and the run's close would wait for it."""
+    process_tracker = Tracker(session_store, writer_process=True)
+    try:
+        store = Path(session_store.removeprefix("sqlite:///")).resolve()
+        pid = process_tracker.writer.process.pid
+        deadline = time.monotonic() + 120  # it imports MLflow first
+        while store not in open_files(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store in open_files(pid)
+    finally:
+        process_tracker.close()
 
 
 def test_a_run_handed_to_a_writer_process_that_died_fails_even_if_another_run_noticed(session_store):
