@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Iterator
@@ -166,9 +165,13 @@ class Writer:
 class WriterProcess:
     """The commands, in a child process (`python -m harness.writer`), started on the first one.
 
-    The child ignores Ctrl-C, which reaches the whole process group: this process decides what
-    to do (end the run KILLED, after `drain`). When this process dies, the child does what it
-    was handed and exits. POSIX only (it inherits a socket); elsewhere the thread is used."""
+    They go to the child in order from one thread of this process, the sender, which encodes
+    each image on the way (16 kB through the socket instead of 150; Pillow lets go of the GIL
+    while it encodes): this process hands a run over and trains the next one while the run's
+    images are encoded, sent and written. The child ignores Ctrl-C, which reaches the whole
+    process group: this process decides what to do (end the run KILLED, after `drain`). When
+    this process dies, the child does what it was handed and exits. POSIX only (it inherits a
+    socket); elsewhere the thread is used."""
 
     metric_batch = 250  # values per log_batch: a run's metrics go over while it trains, not at its end
 
@@ -176,15 +179,13 @@ class WriterProcess:
         self.tracking_uri = tracking_uri
         self.process: subprocess.Popen | None = None
         self.link: Connection | None = None
-        self.asked: list[str | None] = []  # runs whose "done?" went out, in order; the answers come in that order
-        self.errors: dict[str | None, str] = {}  # answers that named a failed write, until that run's drain
+        self.outbox: queue.SimpleQueue | None = None  # commands for the sender, in order; None stops it
+        self.sender: threading.Thread | None = None
+        self.broken = threading.Event()  # the sender found the child gone
+        self.asked: list[str | None] = []  # runs whose "done?" is handed over, in order; the answers come in that order
+        self.errors: dict[str | None, str] = {}  # failed writes (and encodes) by run, until that run's drain
         self.unasked: set[str] = set()  # runs with commands handed over since their last "done?"
-        # Images are encoded here (16 kB through the socket instead of 150), on a thread: Pillow
-        # lets go of the GIL while it encodes, so this process goes on meanwhile. They wait in
-        # `encoding`, in order, and go out before any command that must follow them.
-        self.encoder: ThreadPoolExecutor | None = None
-        self.encoding: list[tuple] = []
-        self.sent: set[str] = set()  # runs with commands sent to the child, until their "forget"
+        self.handed: set[str] = set()  # runs with commands handed over, until their "forget"
         self.lost: set[str] = set()  # runs whose commands went to a child that died
 
     def _start(self) -> None:
@@ -196,75 +197,60 @@ class WriterProcess:
                 _early[2].close()
             self.process, self.link = spawn(self.tracking_uri)
         _early = None
+        self.outbox, self.broken = queue.SimpleQueue(), threading.Event()
+        self.sender = threading.Thread(target=send_in_order, args=(self.outbox, self.link, self.errors, self.broken),
+                                       daemon=True, name="mlflow-writer-sender")
+        self.sender.start()
 
     def _gone(self) -> WriteError:
         """The child died: what it was given may be lost. The next command starts a new one."""
         code = self.process.poll() if self.process else None
+        self._stop_sender(abandon=True)
         if self.link is not None:
             self.link.close()
         self.process = self.link = None
-        self.lost |= self.sent | self.unasked  # their drains raise, whichever run noticed first
-        self.asked, self.errors, self.unasked, self.encoding, self.sent = [], {}, set(), [], set()
+        self.lost |= self.handed | self.unasked  # their drains raise, whichever run noticed first
+        self.asked, self.errors, self.unasked, self.handed = [], {}, set(), set()
         return WriteError(f"the MLflow writer process stopped (exit code {code}); the writes it was given may be lost")
+
+    def _stop_sender(self, abandon: bool = False) -> None:
+        """Let the sender send what it holds (or, with `abandon`, drop it) and wait for it to end."""
+        if self.sender is None:
+            return
+        if abandon:
+            self.broken.set()
+        self.outbox.put(None)
+        self.sender.join()
+        self.sender = self.outbox = None
 
     def open_store(self) -> None:
         """Have the child open the store now, once it exists (this process's client made it):
         opening it takes the child about half a second, which the first run's writes would
         otherwise wait for."""
-        if self.process is None:
-            self._start()
-        try:
-            with interrupts_held():
-                self.link.send(("open", None))
-        except OSError:
-            raise self._gone() from None
+        self.submit(("open", None))
 
     def submit(self, command: tuple) -> None:
         if self.process is None:
             self._start()
-        if command[0] == "image":
-            if self.encoder is None:
-                self.encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-encoder")
-            self.encoding.append((*command[:2], self.encoder.submit(encoded, command[2]), *command[3:]))
-            self.unasked.add(command[1])
-            self._send_encoded(wait=False)
-            return
-        if command[0] != "batch":  # metrics may pass the images; the rest comes after them
-            self._send_encoded(wait=True)
-        self._send(command)
-
-    def _send_encoded(self, wait: bool) -> None:
-        """Send the images encoded so far, in order; with `wait`, all of them."""
-        while self.encoding and (wait or self.encoding[0][2].done()):
-            kind, run_id, files, *rest = self.encoding[0]
-            try:
-                files = files.result()
-            except BaseException:
-                self.encoding.pop(0)
-                raise
-            self.encoding.pop(0)
-            self._send((kind, run_id, files, *rest))
-
-    def _send(self, command: tuple) -> None:
-        try:
-            with interrupts_held():
-                self.link.send(command)
-        except OSError:
-            raise self._gone() from None
-        if command[0] not in ("drain", "image"):  # an image counted when it was submitted
-            self.unasked.add(command[1])
-        if command[0] == "forget":
-            self.sent.discard(command[1])
-        elif command[0] != "drain":
-            self.sent.add(command[1])
+        if self.broken.is_set():
+            raise self._gone()
+        kind, run_id = command[:2]
+        with interrupts_held():  # handed over and counted together
+            self.outbox.put(command)
+            if kind == "forget":
+                self.handed.discard(run_id)
+                self.unasked.discard(run_id)
+            elif kind not in ("drain", "open"):
+                self.handed.add(run_id)
+                self.unasked.add(run_id)
 
     def hand_over(self, run_id: str) -> None:
         """Ask, without waiting, to be told when the run's writes handed over so far are done:
-        this process can go on (with the next run) while they are written."""
-        self._send_encoded(wait=True)  # first: a Ctrl-C may come while it waits
-        self.asked.append(run_id)  # before the request: a Ctrl-C is raised only once it is sent
-        self.unasked.discard(run_id)
-        self.submit(("drain", run_id))
+        this process goes on (with the next run) while they are encoded, sent and written."""
+        with interrupts_held():  # a "done?" counted as asked is one that was handed over
+            self.submit(("drain", run_id))
+            self.asked.append(run_id)
+            self.unasked.discard(run_id)
 
     def drain(self, run_id: str | None = None) -> None:
         """Wait until the run's writes (all writes, without a run) are done; raise its error."""
@@ -278,6 +264,8 @@ class WriterProcess:
             self.hand_over(run_id)
         try:
             while run_id in self.asked:
+                if self.broken.is_set():
+                    raise OSError("the writer process is gone")
                 if not self.link.poll(0.2):  # Ctrl-C stays possible while the writes go on
                     continue
                 with interrupts_held():
@@ -295,11 +283,9 @@ class WriterProcess:
         """Stop the child once it has done everything it was given."""
         if self.process is None:
             return
-        try:
-            with interrupts_held():
-                self.link.send(("stop", None))
-        except OSError:
-            pass
+        if not self.broken.is_set():
+            self.outbox.put(("stop", None))
+        self._stop_sender()
         self.link.close()
         try:
             self.process.wait(timeout=60)
@@ -307,10 +293,25 @@ class WriterProcess:
             self.process.kill()
             self.process.wait()
         self.process = self.link = None
-        self.asked, self.errors, self.unasked, self.encoding = [], {}, set(), []  # unsent images: a run not closed
-        if self.encoder is not None:
-            self.encoder.shutdown()
-            self.encoder = None
+        self.asked, self.errors, self.unasked, self.handed = [], {}, set(), set()
+
+
+def send_in_order(outbox: queue.SimpleQueue, link: Connection, errors: dict, broken: threading.Event) -> None:
+    """The sender: each command to the child in the order handed over, images encoded first. An
+    image that cannot be encoded fails its run (its drain raises); a child that is gone stops it."""
+    while (command := outbox.get()) is not None:
+        if broken.is_set():
+            continue  # the child is gone: what is left is dropped
+        if command[0] == "image":
+            try:
+                command = (*command[:2], encoded(command[2]), *command[3:])
+            except Exception as e:
+                errors.setdefault(command[1], f"{type(e).__name__}: {e}")
+                continue
+        try:
+            link.send(command)
+        except OSError:
+            broken.set()
 
 
 def child(tracking_uri: str, fd: int) -> None:

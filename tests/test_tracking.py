@@ -1,5 +1,6 @@
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -333,6 +334,49 @@ def test_a_writer_process_opens_the_store_before_it_is_given_a_write(session_sto
         while store not in open_files(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert store in open_files(pid)
+    finally:
+        process_tracker.close()
+
+
+def test_a_writer_process_takes_a_run_before_its_images_are_encoded(session_store, monkeypatch):
+    """The sweep trains the next trial while a run's images are encoded, sent and written."""
+    release, encodes = threading.Event(), []
+
+    def held_encoded(image):
+        release.wait(30)
+        encodes.append(image)
+        return images_module.encoded(image)
+
+    monkeypatch.setattr(writer_module, "encoded", held_encoded)
+    process_tracker = Tracker(session_store, writer_process=True)
+    try:
+        logger = process_tracker.open_run("tests", "handed-over-before-encoded")
+        logger.log_metrics({"train_loss": 1.0}, step=0)
+        logger.log_image(Image.new("RGB", (32, 32), "white"), key="boundary", step=0)
+        logger.hand_over()
+        assert encodes == []  # handed over with its image still waiting to be encoded
+        release.set()
+        process_tracker.close_run(logger, "FINISHED")
+        client = MlflowClient(session_store)
+        assert image_steps(client, logger.run_id) == [0] and client.get_run(logger.run_id).info.status == "FINISHED"
+    finally:
+        release.set()
+        process_tracker.close()
+
+
+def test_an_image_a_writer_process_cannot_encode_fails_its_run_not_the_next(session_store):
+    process_tracker = Tracker(session_store, writer_process=True)
+    try:
+        bad = process_tracker.open_run("tests", "image-not-encoded")
+        bad.log_image("not an image", key="boundary", step=0)
+        with pytest.raises(WriteError, match="AttributeError"):
+            process_tracker.close_run(bad, "FINISHED")
+        good = process_tracker.open_run("tests", "after-the-image-not-encoded")
+        good.log_image(Image.new("RGB", (32, 32), "white"), key="boundary", step=0)
+        process_tracker.close_run(good, "FINISHED")
+        client = MlflowClient(session_store)
+        assert client.get_run(bad.run_id).info.status == "FAILED"
+        assert client.get_run(good.run_id).info.status == "FINISHED" and image_steps(client, good.run_id) == [0]
     finally:
         process_tracker.close()
 
