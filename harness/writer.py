@@ -16,6 +16,7 @@ asks for that ahead, so that this process goes on meanwhile.
 """
 
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -174,6 +175,7 @@ class WriterProcess:
     socket); elsewhere the thread is used."""
 
     metric_batch = 250  # values per log_batch: a run's metrics go over while it trains, not at its end
+    max_pending = 64  # metric batches and images handed over but not yet sent: bounds the memory held
 
     def __init__(self, tracking_uri: str):
         self.tracking_uri = tracking_uri
@@ -182,6 +184,8 @@ class WriterProcess:
         self.outbox: queue.SimpleQueue | None = None  # commands for the sender, in order; None stops it
         self.sender: threading.Thread | None = None
         self.broken = threading.Event()  # the sender found the child gone
+        self.slots: threading.Semaphore | None = None  # free places for DATA commands in the outbox
+        self.given = False  # a command other than "open" was handed over to this child
         self.asked: list[str | None] = []  # runs whose "done?" is handed over, in order; the answers come in that order
         self.errors: dict[str | None, str] = {}  # failed writes (and encodes) by run, until that run's drain
         self.unasked: set[str] = set()  # runs with commands handed over since their last "done?"
@@ -190,17 +194,23 @@ class WriterProcess:
 
     def _start(self) -> None:
         global _early
-        if _early is not None and _early[0] == self.tracking_uri and _early[1].poll() is None:
-            _, self.process, self.link = _early  # started by `start_early`
-        else:
-            if _early is not None:
-                _early[2].close()
-            self.process, self.link = spawn(self.tracking_uri)
-        _early = None
-        self.outbox, self.broken = queue.SimpleQueue(), threading.Event()
-        self.sender = threading.Thread(target=send_in_order, args=(self.outbox, self.link, self.errors, self.broken),
-                                       daemon=True, name="mlflow-writer-sender")
-        self.sender.start()
+        with interrupts_held():  # a child without its sender would take commands that never go
+            if _early is not None and _early[0] == self.tracking_uri and _early[1].poll() is None:
+                _, self.process, self.link = _early  # started by `start_early`
+            else:
+                if _early is not None:
+                    _early[2].close()
+                self.process, self.link = spawn(self.tracking_uri)
+            _early = None
+            self.outbox, self.broken, self.given = queue.SimpleQueue(), threading.Event(), False
+            self.slots = threading.Semaphore(self.max_pending)
+            self.sender = threading.Thread(target=send_in_order, daemon=True, name="mlflow-writer-sender",
+                                           args=(self.outbox, self.link, self.errors, self.broken, self.slots))
+            self.sender.start()
+
+    def _lost_sender(self) -> bool:
+        """The child is gone (the sender found it so), or the sender is (or never started)."""
+        return self.sender is None or self.broken.is_set() or not self.sender.is_alive()
 
     def _gone(self) -> WriteError:
         """The child died: what it was given may be lost. The next command starts a new one."""
@@ -232,9 +242,14 @@ class WriterProcess:
     def submit(self, command: tuple) -> None:
         if self.process is None:
             self._start()
-        if self.broken.is_set():
+        if self._lost_sender():
             raise self._gone()
         kind, run_id = command[:2]
+        self.given = self.given or kind != "open"
+        if kind in DATA:  # this process waits while the child is that far behind; Ctrl-C stays possible
+            while not self.slots.acquire(timeout=0.2):
+                if self._lost_sender():
+                    raise self._gone()
         with interrupts_held():  # handed over and counted together
             self.outbox.put(command)
             if kind == "forget":
@@ -264,8 +279,8 @@ class WriterProcess:
             self.hand_over(run_id)
         try:
             while run_id in self.asked:
-                if self.broken.is_set():
-                    raise OSError("the writer process is gone")
+                if self._lost_sender():
+                    raise OSError("the writer process or its sender is gone")
                 if not self.link.poll(0.2):  # Ctrl-C stays possible while the writes go on
                     continue
                 with interrupts_held():
@@ -286,6 +301,8 @@ class WriterProcess:
         if not self.broken.is_set():
             self.outbox.put(("stop", None))
         self._stop_sender()
+        if not self.given:  # asked to open the store only: nothing to wait for (it may still be importing)
+            self.process.kill()
         self.link.close()
         try:
             self.process.wait(timeout=60)
@@ -296,22 +313,36 @@ class WriterProcess:
         self.asked, self.errors, self.unasked, self.handed = [], {}, set(), set()
 
 
-def send_in_order(outbox: queue.SimpleQueue, link: Connection, errors: dict, broken: threading.Event) -> None:
-    """The sender: each command to the child in the order handed over, images encoded first. An
-    image that cannot be encoded fails its run (its drain raises); a child that is gone stops it."""
-    while (command := outbox.get()) is not None:
-        if broken.is_set():
-            continue  # the child is gone: what is left is dropped
-        if command[0] == "image":
+DATA = ("batch", "image")  # the commands that take one of `WriterProcess.max_pending` until sent
+
+
+def send_in_order(outbox: queue.SimpleQueue, link: Connection, errors: dict, broken: threading.Event,
+                  slots: threading.Semaphore) -> None:
+    """The sender: each command to the child in the order handed over, images encoded first. A
+    command that cannot be encoded or pickled fails its run (its drain raises) and the rest goes
+    on; a child that is gone stops it, and so does anything else that ends this thread."""
+    try:
+        while (command := outbox.get()) is not None:
             try:
-                command = (*command[:2], encoded(command[2]), *command[3:])
-            except Exception as e:
-                errors.setdefault(command[1], f"{type(e).__name__}: {e}")
-                continue
-        try:
-            link.send(command)
-        except OSError:
-            broken.set()
+                if broken.is_set():
+                    continue  # the child is gone: what is left is dropped
+                try:
+                    if command[0] == "image":
+                        command = (*command[:2], encoded(command[2]), *command[3:])
+                    message = pickle.dumps(command, pickle.HIGHEST_PROTOCOL)  # as `link.send` would, before a byte goes
+                except Exception as e:
+                    errors.setdefault(command[1], f"{type(e).__name__}: {e}")
+                    continue
+                try:
+                    link.send_bytes(message)
+                except OSError:
+                    broken.set()
+            finally:
+                if command[0] in DATA:
+                    slots.release()
+    except BaseException:
+        broken.set()
+        raise
 
 
 def child(tracking_uri: str, fd: int) -> None:

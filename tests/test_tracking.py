@@ -364,14 +364,47 @@ def test_a_writer_process_takes_a_run_before_its_images_are_encoded(session_stor
         process_tracker.close()
 
 
-def test_an_image_a_writer_process_cannot_encode_fails_its_run_not_the_next(session_store):
+def test_a_writer_process_holds_the_worker_back_when_its_writes_fall_behind(session_store, monkeypatch):
+    """At most `max_pending` metric batches and images wait to be sent: memory stays bounded, and
+    a worker far ahead of its writes stays in the run they belong to (Ctrl-C kills that run)."""
+    release = threading.Event()
+    monkeypatch.setattr(writer_module, "encoded", lambda image: (release.wait(30), images_module.encoded(image))[1])
+    monkeypatch.setattr(writer_module.WriterProcess, "max_pending", 2)
     process_tracker = Tracker(session_store, writer_process=True)
     try:
-        bad = process_tracker.open_run("tests", "image-not-encoded")
-        bad.log_image("not an image", key="boundary", step=0)
-        with pytest.raises(WriteError, match="AttributeError"):
+        logger = process_tracker.open_run("tests", "held-back")
+        handed = threading.Event()
+
+        def log_three_images():
+            for step in range(3):
+                logger.log_image(Image.new("RGB", (32, 32), "white"), key="boundary", step=step)
+            handed.set()
+
+        thread = threading.Thread(target=log_three_images)
+        thread.start()
+        assert not handed.wait(1.0)  # the first is being encoded, the second waits: the third cannot go
+        release.set()
+        thread.join(30)
+        assert handed.is_set()
+        process_tracker.close_run(logger, "FINISHED")
+        assert image_steps(MlflowClient(session_store), logger.run_id) == [0, 1, 2]
+    finally:
+        release.set()
+        process_tracker.close()
+
+
+@pytest.mark.parametrize("write", ["image", "metric"])
+def test_a_write_a_writer_process_cannot_encode_or_send_fails_its_run_not_the_next(session_store, write):
+    process_tracker = Tracker(session_store, writer_process=True)
+    try:
+        bad = process_tracker.open_run("tests", f"{write}-not-sent")
+        if write == "image":
+            bad.log_image("not an image", key="boundary", step=0)
+        else:
+            bad.log_metrics({"train_loss": 1.0}, step=threading.Lock())  # cannot be pickled
+        with pytest.raises(WriteError, match="AttributeError" if write == "image" else "pickle"):
             process_tracker.close_run(bad, "FINISHED")
-        good = process_tracker.open_run("tests", "after-the-image-not-encoded")
+        good = process_tracker.open_run("tests", f"after-the-{write}-not-sent")
         good.log_image(Image.new("RGB", (32, 32), "white"), key="boundary", step=0)
         process_tracker.close_run(good, "FINISHED")
         client = MlflowClient(session_store)
