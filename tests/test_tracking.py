@@ -373,19 +373,24 @@ def test_a_writer_process_holds_the_worker_back_when_its_writes_fall_behind(sess
     process_tracker = Tracker(session_store, writer_process=True)
     try:
         logger = process_tracker.open_run("tests", "held-back")
-        handed = threading.Event()
+        handed, all_handed = [], threading.Event()
 
         def log_three_images():
             for step in range(3):
                 logger.log_image(Image.new("RGB", (32, 32), "white"), key="boundary", step=step)
-            handed.set()
+                handed.append(step)
+            all_handed.set()
 
         thread = threading.Thread(target=log_three_images)
         thread.start()
-        assert not handed.wait(1.0)  # the first is being encoded, the second waits: the third cannot go
+        deadline = time.monotonic() + 30
+        while len(handed) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert handed == [0, 1]  # the first is being encoded, the second waits to be...
+        assert not all_handed.wait(1.0)  # ...so the third cannot be handed over
         release.set()
         thread.join(30)
-        assert handed.is_set()
+        assert all_handed.is_set() and handed == [0, 1, 2]
         process_tracker.close_run(logger, "FINISHED")
         assert image_steps(MlflowClient(session_store), logger.run_id) == [0, 1, 2]
     finally:
