@@ -53,6 +53,14 @@ def run_cli(*args, env, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def wait_until(condition, timeout: float, interval: float = 0.05) -> bool:
+    """Check `condition` every `interval` seconds until it holds or `timeout` seconds pass; whether it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(interval)
+    return bool(condition())
+
+
 def free_port() -> int:
     """A port nothing listens on now (the OS picks it; the tiny race is fine for a test)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -20,7 +20,7 @@ from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.study import run_sweep
 from harness.experiment import Workspace
 from harness.sweep import ReportToTrial, prepare_workspace
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, wait_until
 from test_tracking import image_steps
 
 TINY = """
@@ -278,9 +278,7 @@ def test_workers_do_not_outlive_a_killed_sweep_process(tmp_path, when):
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     pids = [int(pid) for pid in proc.stdout.split()]
-    deadline = time.time() + 60
-    while time.time() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in pids):
-        time.sleep(0.2)
+    wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids), timeout=60, interval=0.2)
     alive = [pid for pid in pids if os.path.exists(f"/proc/{pid}")]
     for pid in alive:
         os.kill(pid, signal.SIGKILL)

@@ -1,7 +1,6 @@
 import os
 import re
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from harness.experiment import Workspace, run_training
 from harness.tracking import Tracker
 from harness.train import METRICS, Callbacks
 from harness.writer import WriteError
-from conftest import run_cli
+from conftest import run_cli, wait_until
 
 
 def image_steps(client, run_id, key="boundary"):
@@ -330,10 +329,7 @@ def test_a_writer_process_opens_the_store_before_it_is_given_a_write(session_sto
     try:
         store = Path(session_store.removeprefix("sqlite:///")).resolve()
         pid = process_tracker.writer.process.pid
-        deadline = time.monotonic() + 120  # it imports MLflow first
-        while store not in open_files(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert store in open_files(pid)
+        assert wait_until(lambda: store in open_files(pid), timeout=120)  # it imports MLflow first
     finally:
         process_tracker.close()
 
@@ -383,9 +379,7 @@ def test_a_writer_process_holds_the_worker_back_when_its_writes_fall_behind(sess
 
         thread = threading.Thread(target=log_three_images)
         thread.start()
-        deadline = time.monotonic() + 30
-        while len(handed) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: len(handed) >= 2, timeout=30, interval=0.01)
         assert handed == [0, 1]  # the first is being encoded, the second waits to be...
         assert not all_handed.wait(1.0)  # ...so the third cannot be handed over
         release.set()
