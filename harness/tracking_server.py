@@ -6,12 +6,17 @@ with exponential backoff. We only bound it: where the user did not set them, 5 r
 sleep 0, 4, 8, 16 and 32 s (~60 s in all, enough to outlast a server restart; MLflow's default
 of 7 waits ~4 minutes) and 30 s for a request that hangs (instead of 120). A retried write is
 safe: a metric that reaches the server twice is stored once, an artifact is overwritten.
+
+Those retries end where the server has begun to answer: an answer broken off by a server that
+died in the middle of it (requests' ChunkedEncodingError) is raised at once. ServerClient makes
+the whole call again then, a few times, and each new call has MLflow's retries again.
 """
 
 import functools
 import json
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -20,6 +25,7 @@ import requests
 from harness.config import ConfigError
 from harness.errors import ServiceError
 
+BROKEN_ANSWER_RETRIES = 3  # calls made again after an answer that broke off (see the docstring)
 SERVER_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
                    # MLflow prints a link per closed run to a server; the sweep prints one at the end
@@ -73,15 +79,20 @@ class ServerClient:
 
         @functools.wraps(attribute)
         def call(*args, **kwargs):
-            try:
-                return attribute(*args, **kwargs)
-            except Exception as e:
-                if not is_unreachable(e):
-                    raise
-                raise TrackingUnavailable(
-                    f"MLFLOW_TRACKING_URI: the MLflow server at {self.uri} stopped answering ({name}: "
-                    f"{short_cause(e.__context__)}; gave up after {retry_window()}, see MLFLOW_HTTP_REQUEST_MAX_RETRIES)"
-                ) from None
+            for attempt in range(BROKEN_ANSWER_RETRIES + 1):
+                try:
+                    return attribute(*args, **kwargs)
+                except Exception as e:
+                    if not is_unreachable(e):
+                        raise
+                    broken = isinstance(e.__context__, requests.exceptions.ChunkedEncodingError)
+                    if broken and attempt < BROKEN_ANSWER_RETRIES:
+                        time.sleep(1)
+                        continue
+                    gave_up = (f"its answer broke off {attempt + 1} times" if broken else
+                               f"gave up after {retry_window()}, see MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+                    raise TrackingUnavailable(f"MLFLOW_TRACKING_URI: the MLflow server at {self.uri} stopped "
+                                              f"answering ({name}: {short_cause(e.__context__)}; {gave_up})") from None
         return call
 
 

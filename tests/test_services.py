@@ -7,7 +7,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
+from http.client import HTTPConnection
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import optuna
@@ -15,10 +19,12 @@ import pytest
 import sqlalchemy
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+from PIL import Image
 
 from harness.services import Services
 from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.tracking import Tracker
+from harness.tracking_server import TrackingUnavailable
 from conftest import ROOT, free_port
 from test_tracking import METRICS, image_steps
 
@@ -227,6 +233,84 @@ def test_a_write_sent_again_after_a_lost_answer_is_stored_once(services):
         tracker.client.log_batch(logger.run_id, metrics=batch)  # what a retry after a lost answer sends
     history = MlflowClient(services.mlflow.url).get_metric_history(logger.run_id, "train_loss")
     assert sorted(m.step for m in history) == [0, 1, 2]
+
+
+class BreakAnswers(BaseHTTPRequestHandler):
+    """A real HTTP hop in front of the MLflow server: passes every request on, and breaks off the
+    answers to the first `server.times` whose path holds `server.breaks`, once the server has
+    carried them out, as a server that dies in the middle of its answer does."""
+    protocol_version = "HTTP/1.1"
+
+    def forward(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        upstream = HTTPConnection(*self.server.target, timeout=30)
+        upstream.request(self.command, self.path, body,
+                         {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")})
+        answer = upstream.getresponse()
+        payload = answer.read()
+        upstream.close()
+        breaks = self.server.breaks in self.path and len(self.server.broken) < self.server.times
+        self.send_response(answer.status)
+        for key, value in answer.getheaders():
+            if key.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload) + breaks))
+        self.end_headers()
+        if breaks:
+            self.server.broken.append(f"{self.command} {self.path}")
+            self.wfile.write(payload[:len(payload) // 2])
+            self.close_connection = True
+            return
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def breaking_answers(services, breaks: str, times: int):
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), BreakAnswers)
+    proxy.target, proxy.breaks, proxy.times, proxy.broken = ("127.0.0.1", services.mlflow_port), breaks, times, []
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def log_a_step(tracker: Tracker, experiment: str) -> str:
+    with tracker.run(experiment, "broken") as logger:
+        logger.log_metrics({"train_loss": 0.5}, step=0)
+        logger.log_image(Image.new("RGB", (8, 8)), "boundary", step=0)
+    return logger.run_id
+
+
+@pytest.mark.parametrize("breaks", ["/mlflow/runs/log-batch", "/mlflow-artifacts/artifacts/"])
+def test_a_write_whose_answer_broke_off_is_made_again(services, breaks):
+    # MLflow's retries end where the server has begun to answer (a crash in the middle of an answer)
+    with breaking_answers(services, breaks, times=1) as proxy:
+        tracker = Tracker(f"http://127.0.0.1:{proxy.server_port}")
+        run_id = log_a_step(tracker, "broken-answer")
+        tracker.close()
+    assert len(proxy.broken) == 1 and breaks in proxy.broken[0]
+    client = MlflowClient(services.mlflow.url)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [0]
+    assert image_steps(client, run_id) == [0]
+
+
+def test_answers_that_keep_breaking_off_stop_the_run_in_one_line(services):
+    with breaking_answers(services, "/mlflow/runs/log-batch", times=100) as proxy:
+        tracker = Tracker(f"http://127.0.0.1:{proxy.server_port}")
+        with pytest.raises(TrackingUnavailable) as raised:
+            log_a_step(tracker, "broken-answers")
+        tracker.close()
+    assert len(proxy.broken) == 4  # the call, and 3 more
+    assert str(raised.value) == (f"MLFLOW_TRACKING_URI: the MLflow server at http://127.0.0.1:{proxy.server_port} "
+                                 "stopped answering (log_batch: ChunkedEncodingError; its answer broke off 4 times)")
 
 
 @pytest.mark.parametrize("case", ["password", "postgres port", "tracking url"])
