@@ -66,6 +66,11 @@ def services():
             os.environ["PGPASSWORD"] = before
 
 
+# iterations of a trial that must still run when the test acts on it: its first metrics reach the
+# server after 250 steps (harness/writer.py's batch), and 600 steps were over before a poll saw them
+LONG = 5000
+
+
 def password(services) -> str:
     return (services.root / "db-password").read_text().strip()
 
@@ -105,7 +110,7 @@ def wait_for_a_trial_with_metrics(env, study, timeout=120):
         for trial in running:
             if RUN_ID_ATTR in trial.user_attrs and client.get_metric_history(trial.user_attrs[RUN_ID_ATTR], "train_loss"):
                 return trial
-        time.sleep(0.3)
+        time.sleep(0.1)
     raise AssertionError("no trial got as far as logging metrics")
 
 
@@ -156,7 +161,8 @@ def test_three_workers_share_one_study_and_stop_at_exactly_the_total(tmp_path, s
 
 def test_a_worker_killed_mid_trial_is_detected_failed_and_retried(tmp_path, services):
     env = worker_env(services)
-    workers = start_workers(tmp_path, env, "killed", total=5, count=3, iterations=600, plot_every=200)
+    # trials long enough to be still running when the test has seen one's metrics and kills it
+    workers = start_workers(tmp_path, env, "killed", total=5, count=3, iterations=LONG, plot_every=LONG // 5)
     victim = wait_for_a_trial_with_metrics(env, "killed")
     pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
     killed = next(w for w in workers if w.pid == pid)
@@ -166,7 +172,7 @@ def test_a_worker_killed_mid_trial_is_detected_failed_and_retried(tmp_path, serv
     for code, err in outcomes:
         assert code == 0, err
 
-    trials, runs = check_study(env, "killed", total=5, iterations=600, plot_every=200)
+    trials, runs = check_study(env, "killed", total=5, iterations=LONG, plot_every=LONG // 5)
     dead = trials[victim.number]
     assert dead.state == TrialState.FAIL
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == dead.number)
@@ -339,7 +345,7 @@ def test_a_tracking_server_that_stays_down_stops_the_worker_in_one_line(tmp_path
     # last in the file: it stops the module's server, and starts it again before it ends
     server = services.mlflow
     env = worker_env(services, MLFLOW_HTTP_REQUEST_MAX_RETRIES="2", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1")
-    [worker] = start_workers(tmp_path, env, "gone", total=2, count=1, iterations=600, plot_every=200)
+    [worker] = start_workers(tmp_path, env, "gone", total=2, count=1, iterations=LONG, plot_every=LONG // 5)
     trial = wait_for_a_trial_with_metrics(env, "gone")
     server.stop(kill=True)
     [(code, err)] = finish([worker], timeout=120)
