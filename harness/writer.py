@@ -218,9 +218,8 @@ class WriterProcess:
         self._stop_sender(abandon=True)
         if self.link is not None:
             self.link.close()
-        self.process = self.link = None
         self.lost |= self.handed | self.unasked  # their drains raise, whichever run noticed first
-        self.asked, self.errors, self.unasked, self.handed = [], {}, set(), set()
+        self._forget_child()
         return WriteError(f"the MLflow writer process stopped (exit code {code}); the writes it was given may be lost")
 
     def _stop_sender(self, abandon: bool = False) -> None:
@@ -309,6 +308,10 @@ class WriterProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._forget_child()
+
+    def _forget_child(self) -> None:
+        """The child has ended or is gone: drop it and what was asked of it (the next command starts a new one)."""
         self.process = self.link = None
         self.asked, self.errors, self.unasked, self.handed = [], {}, set(), set()
 
