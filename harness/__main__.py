@@ -3,10 +3,11 @@
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from harness.config import ConfigError
-from harness.errors import ServiceError
+from harness.errors import FallbackWarning, ServiceError
 from harness.signals import stop_on_first_interrupt
 
 DEFAULT_STUDY = "experiments/sweep.toml"  # the study `make sweep` runs, and `make ui` links to
@@ -214,9 +215,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_line_warnings() -> None:
+    """A fast path that fell back (harness.errors.FallbackWarning) says so in one line."""
+    show = warnings.showwarning
+
+    def shown(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, FallbackWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = shown
+
+
 def main(argv: list[str] | None = None) -> int:
     # Ctrl-C must reach us as KeyboardInterrupt even when started from a shell that ignores it
     stop_on_first_interrupt()
+    one_line_warnings()
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -5,3 +5,8 @@ config, exit 2, raised in harness/config.py)."""
 class ServiceError(RuntimeError):
     """A server (PostgreSQL, the MLflow tracking server) could not be installed, started or
     reached, or stopped answering for longer than the retries wait; the message says which (exit 1)."""
+
+
+class FallbackWarning(UserWarning):
+    """A fast path that does not fit the installed MLflow or Optuna; the public API does the
+    work instead. The command line prints it as one `warning: ...` line."""

@@ -12,8 +12,12 @@ rows are the ones `log_batch` writes (tests/test_metric_rows.py compares them). 
 another kind (a tracking server), an MLflow whose store internals differ, a run-name tag (which
 MLflow also writes into the run's row), an active model (whose metrics MLflow also writes), a
 batch over MLflow's limits, or a metric value already stored (which `log_batch` skips) get
-MLflow's `log_batch` instead.
+MLflow's `log_batch` instead. So does every batch after the one-transaction path failed in a way
+`log_batch` did not (an MLflow whose internals take other arguments), with one warning line:
+an optimisation that does not fit the installed MLflow never fails a run's write.
 """
+
+import sys
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -25,14 +29,32 @@ BATCH_LIMIT = 1000  # MLflow's limit of metric values, params and tags in one lo
 
 
 def log_batch(client: MlflowClient, run_id: str, metrics: list[tuple], params: list[tuple] = (),
-              tags: list[tuple] = (), one_insert: bool = True) -> None:
+              tags: list[tuple] = (), one_insert: bool = True) -> bool:
     """What `client.log_batch` does with `metrics` as (key, value, timestamp, step) tuples and
     params and tags as (key, value) pairs. Not `one_insert`: MLflow's log_batch itself (the
-    benchmark and the tests compare the two)."""
-    if one_insert and metrics and in_one_transaction(client, run_id, metrics, params, tags):
-        return
+    benchmark and the tests compare the two).
+
+    Returns whether the one-transaction path may be used for the next batch: False once it
+    raised where MLflow's log_batch then wrote the same batch (the store's own checks, a full
+    disk and the like raise from both, and from here)."""
+    fast_path_error = None
+    if one_insert and metrics:
+        try:
+            if in_one_transaction(client, run_id, metrics, params, tags):
+                return True
+        except MlflowException:
+            raise  # the store's own checks (an ended run, a changed param): log_batch says the same
+        except Exception as e:  # nothing of it was written: its transaction was rolled back
+            fast_path_error = e
     client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=[Param(*p) for p in params],
                      tags=[RunTag(*t) for t in tags])
+    if fast_path_error is not None:
+        from mlflow.version import VERSION
+        print(f"warning: MLflow {VERSION}: one-transaction metric writes do not fit this version "
+              f"({type(fast_path_error).__name__}: {fast_path_error}); writing with log_batch instead",
+              file=sys.stderr)
+        return False
+    return one_insert
 
 
 def in_one_transaction(client: MlflowClient, run_id: str, metrics: list[tuple], params, tags) -> bool:

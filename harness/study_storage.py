@@ -26,6 +26,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import ConfigError
+from harness.errors import FallbackWarning
 from harness.sqlite import tune_sqlite_connections
 from harness.study_config import SweepConfig
 from harness.tracking import Tracker
@@ -186,24 +187,37 @@ def record_trial(trial: optuna.Trial, intermediate: dict[int, float], user_attrs
     trial's 20 reports about 60 ms of the trainer's time, the largest single cost of a batched
     sweep. When no pruner reads the values as they come, the sweep writes them all here, with
     the attributes, just before it tells the trial: the trial is read once and the values
-    inserted together, with RDBStorage's own table models and checks. An Optuna whose storage
-    internals differ gets the public calls instead, one commit each.
+    inserted together, with RDBStorage's own table models and checks. Where that transaction
+    fails (an Optuna whose internals moved, or a database that refuses the write) it is rolled
+    back and the public calls write the records instead, one commit each; a failure that is not
+    the database's gets a warning line.
     Raises optuna.exceptions.UpdateFinishedTrialError, as `report` does, for a finished trial.
     """
-    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's _CachedStorage
     try:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-        values = models.TrialIntermediateValueModel
-        to_stored = values.intermediate_value_to_stored_repr
-        set_attr = backend._set_trial_attr_without_commit
-        session_factory = backend.scoped_session
-    except (ImportError, AttributeError):
-        for step, value in intermediate.items():
-            trial.report(value, step)
-        for key, value in user_attrs.items():
-            trial.set_user_attr(key, value)
+        in_one_transaction(trial, intermediate, user_attrs)
         return
+    except optuna.exceptions.UpdateFinishedTrialError:
+        raise
+    except Exception as e:  # rolled back: nothing of it is written
+        operational = sqlalchemy.exc.OperationalError
+        if not (isinstance(e, operational) or isinstance(e.__cause__, operational)):  # a full disk is no version's fault
+            warnings.warn(f"Optuna {optuna.__version__}: one-transaction trial records do not fit this version "
+                          f"({type(e).__name__}); writing them with trial.report and set_user_attr", FallbackWarning)
+    for step, value in intermediate.items():
+        trial.report(value, step)
+    for key, value in user_attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def in_one_transaction(trial: optuna.Trial, intermediate: dict[int, float], user_attrs: dict) -> None:
+    """`record_trial`'s one transaction, with RDBStorage's internals."""
+    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's _CachedStorage
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    values = models.TrialIntermediateValueModel
+    to_stored = values.intermediate_value_to_stored_repr
+    set_attr = backend._set_trial_attr_without_commit
+    session_factory = backend.scoped_session
     trial_id = trial._trial_id
     with _create_scoped_session(session_factory) as session:
         backend.check_trial_is_updatable(trial_id, models.TrialModel.find_or_raise_by_id(trial_id, session).state)

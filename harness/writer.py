@@ -88,6 +88,7 @@ class Writes:
         self.client = client
         self.stages: dict[str, ImageStage] = {}
         self.errors: dict[str | None, BaseException] = {}  # run id -> its first failed write
+        self.one_insert = True  # metric batches in one transaction, until that fails (harness/metric_rows.py)
 
     def carry_out(self, command: tuple) -> None:
         """`run`, unless a write of the same run failed before (a "forget" always runs); a
@@ -107,7 +108,7 @@ class Writes:
         kind, run_id, *args = command
         if kind == "batch":
             from harness.metric_rows import log_batch
-            log_batch(self.client, run_id, *args)
+            self.one_insert = log_batch(self.client, run_id, *args, one_insert=self.one_insert)
         elif kind == "image":
             image, key, step, timestamp, artifact_uri = args
             if run_id not in self.stages:

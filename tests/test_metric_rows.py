@@ -112,3 +112,37 @@ def test_values_are_converted_as_the_client_converts_them(client):
     run_id = client.create_run(client.experiment_id).info.run_id
     log_batch(client, run_id, [("train_loss", torch.tensor(0.5), 1, 0), ("train_accuracy", np.array(0.25), 1, 0)])
     assert client.get_run(run_id).data.metrics == {"train_loss": 0.5, "train_accuracy": 0.25}
+
+
+def fails_once(monkeypatch, owner, name: str, error: Exception) -> None:
+    """`owner.name` raises `error` at its first call, then works: an internal whose signature
+    the fast path no longer fits, which MLflow's or Optuna's own code calls the right way."""
+    original = getattr(owner, name)
+    calls = []
+
+    def moved(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, moved)
+
+
+def test_a_store_whose_internals_moved_gets_log_batch_with_one_warning(client, log_batch_calls, monkeypatch, capfd):
+    """MLflow 3.9-3.12's session maker takes no `read_only`: the batch is written all the same,
+    by log_batch, and the one-transaction path is not tried again."""
+    (metrics, params, tags), (more, _, more_tags) = batches()
+    run_id = client.create_run(client.experiment_id).info.run_id
+    fails_once(monkeypatch, client._tracking_client.store, "ManagedSessionMaker",
+               TypeError("make_managed_session() got an unexpected keyword argument 'read_only'"))
+    assert log_batch(client, run_id, metrics, params, tags) is False
+    assert log_batch(client, run_id, more, [], more_tags, one_insert=False) is False
+    monkeypatch.undo()
+    assert len(log_batch_calls) == 2
+    history, _, stored_params, stored_tags = stored(client, run_id)
+    assert len(history["val_loss"]) == 201 and stored_params == {"lr": "0.1", "seed": "7"}
+    assert stored_tags == {"phase": "two"}
+    err = capfd.readouterr().err
+    assert "writing with log_batch instead" in err and "read_only" in err
+    assert len(err.strip().splitlines()) == 1

@@ -144,6 +144,28 @@ def test_values_written_at_tell_are_those_report_writes(stores, monkeypatch):
         record_trial(recorded, {60: 1.0}, {})
 
 
+def test_trial_records_fall_back_to_the_public_calls_when_optuna_internals_moved(stores, monkeypatch):
+    """An Optuna whose storage internals take other arguments: the records are written all the
+    same, through `report` and `set_user_attr`, with one FallbackWarning."""
+    from optuna.storages._rdb.storage import RDBStorage
+
+    from harness.errors import FallbackWarning
+    from harness.study_storage import record_trial
+    from test_metric_rows import fails_once
+
+    study = optuna.create_study(storage=stores["OPTUNA_STORAGE"])
+    trial = study.ask()
+
+    fails_once(monkeypatch, RDBStorage, "_set_trial_attr_without_commit",
+               TypeError("_set_trial_attr_without_commit() takes 4 positional arguments but 6 were given"))
+    with pytest.warns(FallbackWarning, match="one-transaction trial records do not fit"):
+        record_trial(trial, {10: 0.5, 20: 0.25}, {"reached_target": True})
+    monkeypatch.undo()
+    study.tell(trial, 1.0)
+    assert study.trials[0].intermediate_values == {10: 0.5, 20: 0.25}
+    assert study.trials[0].user_attrs == {"reached_target": True}
+
+
 def test_a_trial_another_worker_failed_meanwhile_keeps_its_retry(tmp_path, stores):
     """Its heartbeats stalled and another worker failed it: this worker's result is dropped."""
     from harness.sweep import Job, tell
