@@ -106,6 +106,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     choose("device", DEVICES)
     positive("lr")
     positive("init_std")
+    for key in ("seed", "split_seed"):  # what numpy and scikit-learn take as a seed
+        if not 0 <= getattr(cfg, key) < 2**32:
+            raise ConfigError(f"{key}: must be an integer in [0, 4294967295], got {getattr(cfg, key)}")
     if cfg.iterations < 1:
         raise ConfigError(f"iterations: must be >= 1, got {cfg.iterations}")
     if cfg.plot_every < 1:

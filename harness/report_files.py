@@ -2,6 +2,7 @@
 folder under mlruns/ and logged to the comparison's MLflow run."""
 
 import base64
+import hashlib
 import re
 import tempfile
 import time
@@ -16,10 +17,19 @@ from harness.report_figures import curves_figure, importance_figure, scan_grid, 
 OWN_FILES = ("report.md", "report.html", "curves.png", "iterations_to_target.png", "importances.png", "boundaries_*.png")
 
 
+def folder_name(name: str) -> str:
+    """A study or run name as one safe path component: `wine-sweep` stays itself; `..`, `/`,
+    an empty or very long name get a cleaned name plus a hash, so two names never share a folder."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".")[:100]  # no `..`, no hidden folder
+    if safe == name and safe:
+        return safe
+    return f"{safe}-{hashlib.sha1(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
 def default_folder(tracker, name: str) -> Path:
-    """mlruns/reports/<name>, beside the local store when there is one."""
+    """mlruns/reports/<folder_name(name)>, beside the local store when there is one."""
     root = tracker.local_db.parent if tracker.local_db else Path("mlruns")
-    return root / "reports" / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    return root / "reports" / folder_name(name)
 
 
 def markdown(blocks: list[tuple]) -> str:

@@ -42,6 +42,8 @@ def test_int_is_accepted_where_a_float_is_expected():
     ({"device": "tpu"}, "device", "one of auto, cpu, cuda, mps"),
     ({"momentum": 1.0}, "momentum", "[0, 1)"),
     ({"image_size": 64}, "image_size", "[256, 2048]"),
+    ({"split_seed": -1}, "split_seed", "[0, 4294967295]"),
+    ({"seed": 2**32}, "seed", "[0, 4294967295]"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(values, key, allowed):
     with pytest.raises(ConfigError) as err:
@@ -76,3 +78,22 @@ def test_cli_config_error_is_one_line_exit_2_and_logs_nothing(cli_env, tmp_path)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert not (tmp_path / "untouched.db").exists()  # nothing was logged, not even a store
+
+
+def test_a_sweep_whose_values_cannot_work_is_refused_before_anything_is_created(tmp_path):
+    """A fixed value, or any corner of a searched range, that a trial would fail on: one line,
+    exit 2, neither store made."""
+    import os
+    from conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+           "OPTUNA_STORAGE": f"sqlite:///{tmp_path}/optuna.db"}
+    space = tmp_path / "space.toml"
+    space.write_text("[sweep]\ntrials = 2\n[sweep.space]\nsplit_seed = { low = -5, high = -1 }\n")
+    for args, key in ((["sweep", "--trials", "2", "--set", "split_seed=-1"], "split_seed:"),
+                      (["sweep", str(space)], "sweep.space.split_seed:")):
+        proc = run_cli(*args, env=env)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["space.toml"]
