@@ -12,15 +12,36 @@ PORT ?= 5000
 EXPERIMENT ?= experiments/lecture.toml
 CONFIG ?= experiments/sweep.toml
 SEEDS_CONFIG ?= experiments/seeds.toml
-# sweep options, passed on only when set: make sweep TRIALS=5 STUDY=name WORKERS=2
-SWEEP_ARGS := $(if $(TRIALS),--trials $(TRIALS)) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
-# compare options: make compare STUDY=name STEP=60 RUN=<seed scan run id>
-COMPARE_ARGS := $(if $(STUDY),--study $(STUDY)) $(if $(RUN),--run $(RUN)) $(if $(STEP),--step $(STEP))
 # make services: where PostgreSQL and the MLflow server listen (BIND=0.0.0.0 or a private
 # address to let other machines in; see the README, "Running on several machines")
 BIND ?= 127.0.0.1
 PG_PORT ?= 5433
 MLFLOW_PORT ?= 5001
+
+# A user's value reaches the command as one argument, exactly as typed, and the shell runs
+# nothing in it: `$(call quoted,STUDY)` takes the value unexpanded ($(value): make runs no
+# `$(shell ...)` in it either) and single-quotes it, each ' written as '\''.
+quote = '$(subst ','\'',$(1))'
+quoted = $(if $(findstring $(newline),$(value $(1))),$(error $(1) holds a newline),$(call quote,$(value $(1))))
+# make splits a recipe line at a newline, quotes or not, and runs each part
+define newline
+
+
+endef
+# `--flag 'value'` when the variable is set, else nothing: $(call option,--study,STUDY)
+option = $(if $(value $(2)),$(1) $(call quoted,$(2)))
+# `'value'` when the variable is set, else nothing (CONFIG= passes no file)
+positional = $(if $(value $(1)),$(call quoted,$(1)))
+# make would also put command-line variables in the commands' environment, expanding them
+# (and a `$(shell ...)` in them) on the way; after the defaults above, as unexport defines them
+unexport TRIALS STUDY WORKERS CONFIG EXPERIMENT SEEDS_CONFIG COUNT RUN STEP PORT BIND PG_PORT MLFLOW_PORT STORAGE TRACKING ARGS
+# sweep options, passed on only when set: make sweep TRIALS=5 STUDY=name WORKERS=2
+SWEEP_ARGS = $(call option,--trials,TRIALS) $(call option,--study,STUDY) $(call option,--workers,WORKERS)
+# compare options: make compare STUDY=name STEP=60 RUN=<seed scan run id>
+COMPARE_ARGS = $(call option,--study,STUDY) $(call option,--run,RUN) $(call option,--step,STEP)
+# make train ARGS="--set lr=0.5 --set seed=3": ARGS is split on spaces, each word one argument
+# (quotes in ARGS do not group words)
+TRAIN_ARGS = $(foreach word,$(value ARGS),$(call quote,$(word)))
 
 .DEFAULT_GOAL := help
 .PHONY: help install train sweep seeds compare ui test test-slow test-browser test-services screenshots bench services services-stop worker clean
@@ -37,31 +58,31 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## install the project into .venv (the other targets do it when needed)
 
-train: $(STAMP) ## train the lecture's network once (EXPERIMENT=file.toml, ARGS="--set lr=0.5")
-	$(PY) -m harness train $(EXPERIMENT) $(ARGS)
+train: $(STAMP) ## train the lecture's network once (EXPERIMENT=file.toml, ARGS="--set lr=0.5 --set seed=3", split on spaces)
+	$(PY) -m harness train $(call positional,EXPERIMENT) $(TRAIN_ARGS)
 
 sweep: $(STAMP) ## run or continue the Optuna study (CONFIG=file.toml TRIALS=N STUDY=name WORKERS=N)
-	$(PY) -m harness sweep $(CONFIG) $(SWEEP_ARGS)
+	$(PY) -m harness sweep $(call positional,CONFIG) $(SWEEP_ARGS)
 
 worker: $(STAMP) ## join a shared study: STORAGE=postgresql://... TRACKING=http://host:port STUDY=name TRIALS=N (in total) [WORKERS=N]
-	OPTUNA_STORAGE='$(or $(STORAGE),$(error STORAGE=postgresql://user@host:port/optuna is needed))' \
-	MLFLOW_TRACKING_URI='$(or $(TRACKING),$(error TRACKING=http://host:port is needed))' \
-	$(PY) -m harness sweep $(CONFIG) --total $(or $(TRIALS),$(error TRIALS=N, the study's total, is needed)) $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
+	OPTUNA_STORAGE=$(if $(value STORAGE),$(call quoted,STORAGE),$(error STORAGE=postgresql://user@host:port/optuna is needed)) \
+	MLFLOW_TRACKING_URI=$(if $(value TRACKING),$(call quoted,TRACKING),$(error TRACKING=http://host:port is needed)) \
+	$(PY) -m harness sweep $(call positional,CONFIG) --total $(if $(value TRIALS),$(call quoted,TRIALS),$(error TRIALS=N, the study's total, is needed)) $(call option,--study,STUDY) $(call option,--workers,WORKERS)
 
 services: $(STAMP) ## start PostgreSQL and an MLflow tracking server here (BIND=127.0.0.1 PG_PORT=5433 MLFLOW_PORT=5001)
-	$(PY) -m harness services start --host $(BIND) --pg-port $(PG_PORT) --mlflow-port $(MLFLOW_PORT)
+	$(PY) -m harness services start --host $(call quoted,BIND) --pg-port $(call quoted,PG_PORT) --mlflow-port $(call quoted,MLFLOW_PORT)
 
 services-stop: $(STAMP) ## stop what `make services` started (the data stay in mlruns/services/)
 	$(PY) -m harness services stop
 
 seeds: $(STAMP) ## train many seeds at once as one run (SEEDS_CONFIG=file.toml COUNT=N)
-	$(PY) -m harness seeds $(SEEDS_CONFIG) $(if $(COUNT),--count $(COUNT))
+	$(PY) -m harness seeds $(call positional,SEEDS_CONFIG) $(call option,--count,COUNT)
 
 compare: $(STAMP) ## report how the seed changes convergence (STUDY=name; CONFIG=experiments/seeds.toml: the latest scan; STEP=N)
-	$(PY) -m harness compare $(CONFIG) $(COMPARE_ARGS)
+	$(PY) -m harness compare $(call positional,CONFIG) $(COMPARE_ARGS)
 
 ui: $(STAMP) ## the MLflow UI over mlruns/ on http://127.0.0.1 until Ctrl-C (PORT=5000, CONFIG=study file)
-	$(PY) -m harness ui $(CONFIG) --port $(PORT)
+	$(PY) -m harness ui $(call positional,CONFIG) --port $(call quoted,PORT)
 
 test: $(STAMP) ## run the test suite, less the tests marked slow, browser or services (CI runs them all)
 	$(PY) -m pytest -q -m "not slow and not browser and not services"

@@ -18,12 +18,13 @@ OWN_FILES = ("report.md", "report.html", "curves.png", "iterations_to_target.png
 
 
 def folder_name(name: str) -> str:
-    """A study or run name as one safe path component: `wine-sweep` stays itself; `..`, `/`,
-    an empty or very long name get a cleaned name plus a hash, so two names never share a folder."""
+    """A study or run name as one path component: `wine-sweep` stays itself; any other name
+    (`..`, `a/b`, empty, over 100 characters) is cleaned and gets `+` and a hash of the name."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".")[:100]  # no `..`, no hidden folder
     if safe == name and safe:
         return safe
-    return f"{safe}-{hashlib.sha1(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    # `+` is never kept from a name, so a name left as it is cannot equal another's hashed form
+    return f"{safe}+{hashlib.sha1(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def default_folder(tracker, name: str) -> Path:
