@@ -9,6 +9,7 @@ leaves the parent FINISHED with the final summary.
 
 import os
 import socket
+import time
 import zlib
 
 import optuna
@@ -24,6 +25,8 @@ from harness.sweep import Job, work
 from harness.sweep_summary import SweepSummary, draw_figures, summarize
 from harness.tracking import Tracker, tracking_uri
 from harness.workers import WorkerPool
+
+COMMANDS_ATTR = "sweep_commands"  # how many sweep commands have started on the study
 
 
 def sweep_params(sweep: Sweep) -> dict[str, object]:
@@ -93,16 +96,20 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
         with study_storage.study_lock(storage, study_name):
             optuna.storages.fail_stale_trials(study)
             existing = study.get_trials(deepcopy=False)
-            counted = study_storage.budget_count(existing)
-        target = total if total is not None else counted + trials
-        # a fresh sampler seed per worker and per continuation, all derived from sampler_seed; workers
-        # joining a shared study together on several machines would otherwise draw the same points
-        shared = zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) if total is not None else 0
-        jobs = [Job(sweep, study_name, storage_url, tracker.uri, parent.run_id, target,
-                    sampler_seed=(settings.sampler_seed + 7919 * len(existing) + shared + i) % 2**32,
+            started = study.user_attrs.get(COMMANDS_ATTR, 0)  # sweep commands before this one
+            study.set_user_attr(COMMANDS_ATTR, started + 1)
+        # this command's trials are marked with its id: started together on one study, commands
+        # add exactly the sum of their trials (study_storage.Budget)
+        sweep_id = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}"
+        budget = study_storage.Budget(trials, sweep_id, total)
+        # a fresh sampler seed per worker and per command, all derived from sampler_seed; commands
+        # or workers on several machines started together would otherwise draw the same points
+        shared = zlib.crc32(sweep_id.encode()) if total is not None else 0
+        jobs = [Job(sweep, study_name, storage_url, tracker.uri, parent.run_id, budget,
+                    sampler_seed=(settings.sampler_seed + 7919 * len(existing) + 104729 * started + shared + i) % 2**32,
                     wait_for_others=total is not None, workers=workers)
                 for i in range(workers)]
-        with tqdm(total=max(target - counted, 0), desc=f"study {study_name}", unit="trial", disable=not progress) as bar:
+        with tqdm(total=max(budget.left(existing), 0), desc=f"study {study_name}", unit="trial", disable=not progress) as bar:
             if pool:
                 pool.run(jobs, study, bar)
             else:

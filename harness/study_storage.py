@@ -1,7 +1,8 @@
 """The Optuna side of a sweep: storage with heartbeats, dead-trial handling, the trial budget.
 
 Trials are claimed with `study.ask()` under a lock, after checking the budget, so any number
-of workers add exactly the requested number of trials. A trial whose worker died (no heartbeat
+of workers add exactly the requested number of trials, and sweep commands started together on
+one study add exactly the sum of theirs (each trial is marked with the command that added it). A trial whose worker died (no heartbeat
 for `grace_period` seconds) is failed, its MLflow run is closed FAILED, and a retry with the
 same parameters is queued; the retry takes the dead trial's place in the budget.
 
@@ -17,6 +18,7 @@ import sys
 import threading
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -27,13 +29,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import ConfigError
 from harness.errors import FallbackWarning
-from harness.sqlite import tune_sqlite_connections
+from harness.sqlite import file_lock, tune_sqlite_connections
 from harness.study_config import SweepConfig
 from harness.tracking import Tracker
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 RUN_ID_ATTR = "mlflow_run_id"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+SWEEP_ID_ATTR = "sweep_id"  # the command that added a trial: `Budget`
 
 # We drive trials with ask/tell and keep the heartbeat ourselves (see `heartbeat` below).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -82,8 +85,12 @@ def lock_key(name: str, kind: str = "study") -> int:
 
 @contextmanager
 def tables_lock(url: str, engine_kwargs: dict) -> Iterator[None]:
-    """One worker at a time past Optuna's table creation: workers that open a new PostgreSQL
-    database together would all create the tables at once and collide."""
+    """One worker at a time past Optuna's table creation: workers that open a new database
+    together would all create the tables at once and collide."""
+    if url.startswith("sqlite:///"):
+        with file_lock(Path(url.removeprefix("sqlite:///"))):
+            yield
+        return
     if not url.startswith("postgresql"):
         yield
         return
@@ -142,6 +149,22 @@ def study_lock(storage: RDBStorage, study_name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How many trials a sweep command runs: `trials` of its own, the ones marked with its
+    `sweep_id` (so commands running at once on one study add exactly the sum of theirs), or,
+    with `total`, until the study has that many in all (`make worker`)."""
+    trials: int = 0
+    sweep_id: str = ""
+    total: int | None = None
+
+    def left(self, trials: list[FrozenTrial]) -> int:
+        """Trials still to add, counted from the study's trials (read under the study's lock)."""
+        if self.total is not None:
+            return self.total - budget_count(trials)
+        return self.trials - budget_count([t for t in trials if t.user_attrs.get(SWEEP_ID_ATTR) == self.sweep_id])
+
+
 def budget_count(trials: list[FrozenTrial]) -> int:
     """Trials that count against the budget: all of them, except dead ones that were retried."""
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
@@ -153,7 +176,7 @@ def others_running(study: optuna.Study) -> bool:
     return bool(study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)))
 
 
-def claim_trials(study: optuna.Study, storage: RDBStorage, target: int, most: int = 1,
+def claim_trials(study: optuna.Study, storage: RDBStorage, budget: Budget, most: int = 1,
                  workers: int = 1) -> list[optuna.Trial]:
     """Up to `most` trials to run (queued retries first); none once the budget is reached.
     Near the end of the budget a worker takes only its share of what is left, so that the
@@ -162,17 +185,20 @@ def claim_trials(study: optuna.Study, storage: RDBStorage, target: int, most: in
     with study_lock(storage, study.study_name):
         fail_stale_trials(study)
         # read once: under the lock only this loop changes the count. `ask` takes a queued
-        # retry (already counted) before it makes a new trial (one more)
+        # retry (already counted, for the command whose mark it inherited) before it makes a
+        # new trial (one more, marked as this command's before the lock is released)
         trials = study.get_trials(deepcopy=False)
         waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-        counted = budget_count(trials)
-        most = max(1, min(most, -(-(waiting + max(0, target - counted)) // workers)))
-        while len(claimed) < most and (waiting or counted < target):
+        left = budget.left(trials)
+        most = max(1, min(most, -(-(waiting + max(0, left)) // workers)))
+        while len(claimed) < most and (waiting or left > 0):
             trial = study.ask()
             if waiting:
                 waiting -= 1
             else:
-                counted += 1
+                left -= 1
+                if budget.sweep_id:
+                    trial.set_user_attr(SWEEP_ID_ATTR, budget.sweep_id)
             # a first heartbeat before the lock is released: Optuna only fails (and retries)
             # a dead trial that has one
             storage.record_heartbeat(trial._trial_id)

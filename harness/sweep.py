@@ -96,7 +96,7 @@ class Job:
     storage_url: str
     tracking_uri: str
     parent_run_id: str
-    target: int
+    budget: study_storage.Budget
     sampler_seed: int
     wait_for_others: bool = False
     """with a total budget: stay until no trial runs anywhere, to retry those of workers that die"""
@@ -377,7 +377,7 @@ def claim_and_run(job: Job, study: optuna.Study, storage, tracker: Tracker, open
     batch_size = job.sweep.settings.batch_size
     try:
         while True:
-            trials = study_storage.claim_trials(study, storage, job.target, batch_size, job.workers)
+            trials = study_storage.claim_trials(study, storage, job.budget, batch_size, job.workers)
             if not trials:
                 open_runs.beat(storage)
                 open_runs.close_all()

@@ -30,7 +30,7 @@ from harness import tracking_server
 from harness.config import ConfigError
 from harness.images import full_size_step
 from harness.metric_rows import BATCH_LIMIT
-from harness.sqlite import tune_sqlite_connections
+from harness.sqlite import file_lock, tune_sqlite_connections
 from harness.tracking_server import TrackingUnavailable
 from harness.writer import DEFAULT_TRACKING_URI, WriteError, Writer, WriterProcess, tracking_uri
 
@@ -144,7 +144,12 @@ class Tracker:
             tune_sqlite_connections()
         if self.is_server:
             tracking_server.use_server_defaults()
-        client = MlflowClient(self.uri)
+        if self.local_db:
+            with file_lock(self.local_db):  # a new store's tables are made by one process at a time
+                client = MlflowClient(self.uri)  # it opens the model registry's store, on the same file
+                client.search_experiments(max_results=1)
+        else:
+            client = MlflowClient(self.uri)
         # only a server can become unreachable; a local store keeps the plain client on its hot path
         self.client = tracking_server.ServerClient(client, self.uri) if self.is_server else client
         in_process = writer_process and self.local_db is not None and os.name == "posix"

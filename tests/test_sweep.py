@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from harness import study_config, workers
 from harness.sweep_summary import draw_figures
-from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
+from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR, Budget
 from harness.study import run_sweep
 from harness.experiment import Workspace
 from harness.sweep import ReportToTrial, prepare_workspace
@@ -175,7 +175,7 @@ def test_a_trial_another_worker_failed_meanwhile_keeps_its_retry(tmp_path, store
     study = optuna.create_study(study_name="tiny", storage=stores["OPTUNA_STORAGE"])
     trial = study.ask()
     study.tell(trial.number, state=TrialState.FAIL)  # as the heartbeat check does, from elsewhere
-    job = Job(sweep, "tiny", stores["OPTUNA_STORAGE"], "", parent_run_id="", target=1, sampler_seed=0)
+    job = Job(sweep, "tiny", stores["OPTUNA_STORAGE"], "", parent_run_id="", budget=Budget(total=1), sampler_seed=0)
     tell(trial, job, TrainResult(history={m: [0.5] for m in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")}),
          {10: 0.5})
     stored = load_study(stores).get_trials()[0]
@@ -582,7 +582,7 @@ def test_a_run_whose_writes_fail_fails_its_own_trial_and_the_next_one_goes_on(tm
     sweep = study_config.load(write(tmp_path, TINY))
     study = optuna.create_study(study_name="tiny", storage=stores["OPTUNA_STORAGE"])
     tracker = Tracker(stores["MLFLOW_TRACKING_URI"], writer_process=True)
-    job = Job(sweep, "tiny", stores["OPTUNA_STORAGE"], tracker.uri, parent_run_id="", target=2, sampler_seed=0)
+    job = Job(sweep, "tiny", stores["OPTUNA_STORAGE"], tracker.uri, parent_run_id="", budget=Budget(total=2), sampler_seed=0)
     result = TrainResult(history={m: [0.5] for m in ("train_loss", "train_accuracy", "val_loss", "val_accuracy")})
     open_runs = OpenRuns(job, tracker)
     try:
