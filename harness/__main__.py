@@ -2,13 +2,14 @@
 
 import argparse
 import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
 
 from harness.config import ConfigError
-from harness.errors import FallbackWarning, ServiceError
-from harness.signals import stop_on_first_interrupt
+from harness.errors import FallbackWarning, NothingCompleted, ServiceError
+from harness.signals import exit_code, stop_on_first_interrupt, survive_closed_pipes
 
 DEFAULT_STUDY = "experiments/sweep.toml"  # the study `make sweep` runs, and `make ui` links to
 
@@ -49,18 +50,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     study = args.study or sweep.settings.study
     try:
         summary = run_sweep(sweep, trials=args.trials, study_name=study, workers=args.workers, total=args.total)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (harness/signals.py)
         if args.total is not None:
             again = "the same command (make worker ...)"
         elif not args.set:
-            again = f"make sweep STUDY={study}" + (f" CONFIG={args.experiment}" if args.experiment else " CONFIG=")
+            again = shlex.join(["make", "sweep", f"STUDY={study}", f"CONFIG={args.experiment or ''}"])
         else:
             python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else sys.executable
-            again = " ".join([python, "-m harness sweep", *([args.experiment] if args.experiment else []),
-                              "--study", study, *(f"--set {o}" for o in args.set)])
+            again = shlex.join([python, "-m", "harness", "sweep", *([args.experiment] if args.experiment else []),
+                                "--study", study, *(w for o in args.set for w in ("--set", o))])
         print(f"\ninterrupted: the running trial is FAILED in Optuna and KILLED in MLflow; finished trials are kept.\n"
               f"continue the study with: {again}", file=sys.stderr)
-        return 130
+        return exit_code(e)
     print(format_table(summary))
     return 0
 
@@ -229,8 +230,9 @@ def one_line_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Ctrl-C must reach us as KeyboardInterrupt even when started from a shell that ignores it
+    # Ctrl-C and SIGTERM reach us as KeyboardInterrupt, also when started from a shell that ignores Ctrl-C
     stop_on_first_interrupt()
+    survive_closed_pipes()
     one_line_warnings()
     args = parser().parse_args(argv)
     try:
@@ -238,12 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ServiceError as e:
+    except (ServiceError, NothingCompleted) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
-        return 130
+        return exit_code(e)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,88 @@
-"""Ctrl-C handling shared by the command line and the worker processes."""
+"""Ctrl-C and SIGTERM handling shared by the command line and the worker processes, and output
+that survives the pipe it goes to closing."""
 
+import errno
+import os
 import signal
+import sys
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived: Ctrl-C (SIGINT) or `kill` (SIGTERM, what a scheduler or
+    `docker stop` sends). A KeyboardInterrupt, so every path that ends runs KILLED on Ctrl-C
+    does the same for both; `exit_code` is the shell's 128 + signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def exit_code(interrupt: KeyboardInterrupt) -> int:
+    return interrupt.exit_code if isinstance(interrupt, Stopped) else 128 + signal.SIGINT
 
 
 def interrupt_once(signum, frame) -> None:
-    """SIGINT handler: the first Ctrl-C stops the work; later ones are ignored, so the cleanup
-    that closes runs and fails trials is not itself cut short."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+    """Stop-signal handler: the first Ctrl-C or SIGTERM stops the work; later ones are ignored,
+    so the cleanup that closes runs and fails trials is not itself cut short."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signum)
 
 
 def stop_on_first_interrupt() -> None:
-    """Install `interrupt_once`, also where the parent shell ignored SIGINT (a background job)."""
-    signal.signal(signal.SIGINT, interrupt_once)
+    """Install `interrupt_once` for SIGINT and SIGTERM, also where the parent shell ignored
+    SIGINT (a background job)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, interrupt_once)
+
+
+class SurvivesClosedPipe:
+    """A text stream whose reader may go away: `make sweep | tee log` and Ctrl-C stops tee too.
+    The first write to the closed pipe sends this and every later write to /dev/null instead of
+    raising BrokenPipeError out of whatever was printing (a progress bar, the cleanup that ends
+    the runs KILLED)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except OSError as e:
+            self._closed(e)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError as e:
+            self._closed(e)
+
+    def _closed(self, error: OSError) -> None:
+        if error.errno not in (errno.EPIPE, errno.EINVAL):
+            raise error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self.stream.fileno())  # what is still buffered goes nowhere, quietly
+        except (OSError, ValueError):
+            pass
+        finally:
+            os.close(devnull)
+        self.stream = open(os.devnull, "w")
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def survive_closed_pipes() -> None:
+    """Wrap stdout and stderr in `SurvivesClosedPipe` (once)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, SurvivesClosedPipe):
+            setattr(sys, name, SurvivesClosedPipe(stream))

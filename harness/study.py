@@ -13,14 +13,15 @@ import time
 import zlib
 
 import optuna
+from optuna.trial import TrialState
 from tqdm import tqdm
 
 from harness import study_storage
 from harness.config import ConfigError
-from harness.errors import ServiceError
+from harness.errors import NothingCompleted, ServiceError
 from harness.runtime import resolve_device
 from harness.study_config import Sweep
-from harness.study_storage import PARENT_RUN_ATTR
+from harness.study_storage import FAILURE_ATTR, PARENT_RUN_ATTR, SWEEP_ID_ATTR
 from harness.sweep import Job, work
 from harness.sweep_summary import SweepSummary, draw_figures, summarize
 from harness.tracking import Tracker, tracking_uri
@@ -86,7 +87,7 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
         raise ConfigError(f"workers: must be >= 1, got {workers}")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     pool = WorkerPool(workers, sweep) if workers > 1 else None  # forked before any database is open
-    parent, status = None, "FAILED"
+    parent, status, nothing_completed = None, "FAILED", None
     try:
         resolve_device(sweep.base.device)  # an unavailable device fails here, before any trial
         tracker = Tracker(tracking_uri())
@@ -114,7 +115,8 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
                 pool.run(jobs, study, bar)
             else:
                 work(jobs[0], on_trial_done=lambda number: bar.update(1))
-        status = "FINISHED"
+        nothing_completed = not_one_completed(study, sweep_id)
+        status = "FAILED" if nothing_completed else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -135,4 +137,17 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
         finally:
             if pool:
                 pool.cancel()  # releases the workers still waiting for a job or a figure to draw
+    if nothing_completed:
+        raise NothingCompleted(nothing_completed)
     return summary
+
+
+def not_one_completed(study: optuna.Study, sweep_id: str) -> str | None:
+    """Why this command's sweep did nothing, when it ran trials and not one completed or was
+    pruned; None otherwise."""
+    own = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SWEEP_ID_ATTR) == sweep_id]
+    if not own or any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in own):
+        return None
+    first = min(own, key=lambda t: t.number)
+    return (f"not one of this sweep's {len(own)} trials completed; the first, trial {first.number}: "
+            f"{first.user_attrs.get(FAILURE_ATTR, 'no error was recorded')}")

@@ -37,6 +37,7 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 RUN_ID_ATTR = "mlflow_run_id"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 SWEEP_ID_ATTR = "sweep_id"  # the command that added a trial: `Budget`
+FAILURE_ATTR = "failure"  # a failed trial's error, in one line
 
 # We drive trials with ask/tell and keep the heartbeat ourselves (see `heartbeat` below).
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")

@@ -24,7 +24,7 @@ from harness.config import TrainConfig
 from harness.errors import ServiceError
 from harness.experiment import Workspace, run_training, start_trained_run
 from harness.study_config import PRUNERS, Sweep, SweepConfig
-from harness.study_storage import RUN_ID_ATTR
+from harness.study_storage import FAILURE_ATTR, RUN_ID_ATTR
 from harness.tracking import RunLogger, Tracker
 from harness.writer import WriterProcess
 from harness.train import Callbacks, TrainResult
@@ -126,19 +126,29 @@ def tell(trial: optuna.Trial, job: Job, result: TrainResult, reports: dict[int, 
 
 def fail(trial: optuna.Trial, tracker: Tracker, run_id: str | None, reports: dict[int, float] | None = None) -> None:
     """The trial raised: its run is already closed (FAILED, or KILLED on Ctrl-C). The values it
-    reported before are kept, as `trial.report` would have."""
+    reported before are kept, as `trial.report` would have, with the error (`failure_attrs`)."""
     if run_id:
         tracker.set_tags(run_id, {"optuna.trial_state": "FAILED"})
-    keep_reports(trial, reports)
+    keep_reports(trial, reports, failure_attrs())
     trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
 
-def keep_reports(trial: optuna.Trial, reports: dict[int, float] | None) -> None:
+def failure_attrs() -> dict[str, str]:
+    """The exception being handled, as the failed trial's `failure` user attribute (the sweep's
+    last line names the first one when no trial completed)."""
+    error = sys.exc_info()[1]
+    if error is None:
+        return {}
+    text = f"{type(error).__name__}: {error}".strip().splitlines()[0]
+    return {FAILURE_ATTR: text[:500]}
+
+
+def keep_reports(trial: optuna.Trial, reports: dict[int, float] | None, attrs: dict | None = None) -> None:
     """A trial that will not be told normally keeps the values it reported, as with `trial.report`."""
-    if not reports:
+    if not reports and not attrs:
         return
     try:
-        study_storage.record_trial(trial, reports, {})
+        study_storage.record_trial(trial, reports or {}, attrs or {})
     except optuna.exceptions.UpdateFinishedTrialError:
         pass  # another worker failed it meanwhile (its heartbeats stalled): its retry stands
     except Exception as e:  # the trial ends all the same
@@ -331,6 +341,7 @@ def run_trials(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace
         open_runs.end(e)
         for trial in trials:
             if trial.number not in open_runs.told:
+                keep_reports(trial, None, failure_attrs())
                 trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 open_runs.done(trial)
         raise

@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from typing import Iterator
 
 from harness.images import ImageStage, encoded
+from harness.signals import STOP_SIGNALS
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -61,20 +62,21 @@ def start_early(tracking_uri: str) -> None:
 
 @contextmanager
 def interrupts_held() -> Iterator[None]:
-    """Ctrl-C waits until a message to or from the writer process is whole: cut in the middle,
+    """Ctrl-C (or SIGTERM) waits until a message to or from the writer process is whole: cut in the middle,
     the pipe would be out of step and the next drain would wait forever. Its handler then runs
     as it would have (it raises KeyboardInterrupt)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread gets Python's signal handlers
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append((signum, frame))) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught and callable(previous):
-            previous(*caught[0])
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught and callable(previous[caught[0][0]]):
+            previous[caught[0][0]](*caught[0])
 
 
 class WriteError(RuntimeError):

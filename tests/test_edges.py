@@ -11,7 +11,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import ROOT, run_cli, wait_until
-from test_sweep import TINY, children, load_study, stores, write  # noqa: F401  (a fixture)
+from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
+from test_sweep import LONG, TINY, children, load_study, stores, write  # noqa: F401  (a fixture)
 
 
 
@@ -55,3 +56,92 @@ def test_sweeps_started_together_add_exactly_the_sum_of_their_trials(tmp_path, s
     # the store works for what comes next
     assert run_cli("sweep", path, "--trials", "1", env=stores).returncode == 0
     assert len(load_study(stores).trials) == 12
+
+
+def wait_for_a_running_trial(env, proc, timeout=120):
+    """The trial `proc`'s sweep is training, with metrics in the store."""
+    def running():
+        try:
+            trials = load_study(env).get_trials(states=(TrialState.RUNNING,))
+        except Exception:  # the study is not created yet
+            return None
+        if trials and RUN_ID_ATTR in trials[0].user_attrs:
+            client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+            if client.get_metric_history(trials[0].user_attrs[RUN_ID_ATTR], "train_loss"):
+                return trials[0]
+        return None
+
+    if not wait_until(lambda: running() is not None or proc.poll() is not None, timeout, interval=0.3):
+        proc.kill()
+        raise AssertionError("no trial started")
+    assert proc.poll() is None, proc.communicate()
+    return running()
+
+
+def assert_killed(env, trial) -> None:
+    """The trial FAILED, its run and the parent KILLED: nothing left for a grace period."""
+    study = load_study(env)
+    assert study.get_trials()[trial.number].state == TrialState.FAIL
+    assert all(t.state != TrialState.RUNNING for t in study.get_trials())
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run = client.get_run(trial.user_attrs[RUN_ID_ATTR])
+    assert run.info.status == "KILLED" and run.data.tags["optuna.trial_state"] == "FAILED"
+    assert client.get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_sweep_as_ctrl_c_does(tmp_path, stores):
+    """`kill <pid>` (a scheduler, `docker stop`): trial FAILED, its run and the parent KILLED,
+    the continue line, exit 143."""
+    proc = sweep_process(stores, str(write(tmp_path, LONG)), "--trials", "2")
+    trial = wait_for_a_running_trial(stores, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "continue the study with: make sweep STUDY=tiny CONFIG=" in err and "Traceback" not in err
+    assert_killed(stores, trial)
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_the_output_in_a_pipe_ends_the_sweep_as_on_a_terminal(tmp_path, stores):
+    """`make sweep 2>&1 | tee log`, then Ctrl-C: the whole foreground group gets SIGINT, tee
+    exits, and the sweep's output goes to a closed pipe while it ends its runs."""
+    status = tmp_path / "status"
+    command = (f"{sys.executable} -m harness sweep {write(tmp_path, LONG)} --trials 2 2>&1 | tee {tmp_path / 'log'}"
+               f" > /dev/null; echo ${{PIPESTATUS[0]}} > {status}")
+    shell = subprocess.Popen(["bash", "-c", command], cwd=ROOT, env=stores, start_new_session=True)
+    trial = wait_for_a_running_trial(stores, shell)
+    os.killpg(shell.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
+    shell.wait(timeout=120)
+    assert status.read_text().strip() == "130"
+    assert_killed(stores, trial)
+
+
+@pytest.mark.slow
+def test_a_sweep_in_which_no_trial_completes_exits_1_naming_the_first_error(tmp_path, stores, monkeypatch, capsys):
+    """It used to exit 0, with a FINISHED parent, after printing `0 complete, 3 fail`."""
+    from harness.__main__ import main
+    from harness.sweep import ReportToTrial
+
+    def broken(self, step, metrics):
+        raise RuntimeError(f"broken trial {self.trial.number}")
+
+    monkeypatch.setattr(ReportToTrial, "on_step", broken)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = main(["sweep", str(write(tmp_path, TINY)), "--trials", "2"])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert code == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == ("error: not one of this sweep's 2 trials completed; the first, trial 0: "
+                    "RuntimeError: broken trial 0")
+    study = load_study(stores)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    client = MlflowClient(stores["MLFLOW_TRACKING_URI"])
+    assert client.get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "FAILED"
+
+    monkeypatch.undo()  # a later sweep whose trials work exits 0 and finishes the parent
+    assert run_cli("sweep", str(write(tmp_path, TINY)), "--trials", "1", env=stores).returncode == 0
+    assert client.get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "FINISHED"
