@@ -1,8 +1,10 @@
 """Command line: parse, load the config, call the library. `python -m harness --help`."""
 
 import argparse
+import logging
 import os
 import shlex
+import tempfile
 import sys
 import warnings
 from pathlib import Path
@@ -19,9 +21,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config.load(args.experiment, args.set)  # a bad key fails here, before the heavy imports
     from harness.experiment import Workspace, run_training
-    from harness.tracking import Tracker
+    from harness.store_check import check_writable
+    from harness.tracking import Tracker, tracking_uri
 
     workspace = Workspace.for_config(cfg)  # device and data errors surface before any run exists
+    check_writable(tracking_uri())
     tracker = Tracker()
     outcome = run_training(cfg, tracker, workspace)
     result = outcome.result
@@ -70,8 +74,10 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     from harness import seed_scan
 
     scan = seed_scan.load(args.experiment, args.set, count=args.count)  # bad input fails before the heavy work
-    from harness.tracking import Tracker
+    from harness.store_check import check_writable
+    from harness.tracking import Tracker, tracking_uri
 
+    check_writable(tracking_uri())
     tracker = Tracker()
     run_id, summary = seed_scan.run_scan(scan, tracker)
     print(f"run {run_id} in experiment '{scan.base.experiment}': {scan.count} seeds at lr {scan.base.lr}, "
@@ -111,19 +117,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if scan:
         tracker = Tracker()
         comparison = compare.scan_comparison(args.run, experiment, tracker, options)
-    else:
+    else:  # a store this process cannot write to is read as it is
         found = compare.load_study(study, storage_url())  # before the tracking store is touched
         tracker = Tracker()
         comparison = compare.study_comparison(found, tracker, options)
-    folder = Path(args.out) if args.out else report_files.default_folder(tracker, comparison.name)
+    if args.out:
+        folder = Path(args.out)
+    elif tracker.read_only:  # not beside the store: it cannot be written to
+        folder = Path(tempfile.gettempdir()) / "wine-init-reports" / report_files.folder_name(comparison.name)
+    else:
+        folder = report_files.default_folder(tracker, comparison.name)
     path, notes, logged = report_files.write_report(comparison, tracker, folder)
     print(report.terminal_table(comparison))
     for note in notes:
         print(note)
-    if comparison.kind == "study":
+    if comparison.kind == "study" and not tracker.read_only:
         made, existing = report.trial_gifs(comparison, tracker)
         print(f"boundary.gif: logged to {made} trial runs ({existing} had one already)")
-    print(f"report: {path} (logged to run {comparison.run_id} as {logged}/)")
+    print(f"report: {path} (logged to run {comparison.run_id} as {logged}/)" if logged else
+          f"report: {path} (the tracking store is read-only: nothing was logged to it)")
     print(f"open the UI: {tracker.ui_command() or tracker.uri}")
     return 0
 
@@ -216,6 +228,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def store_folders() -> str:
+    """The folders of the local stores a command writes to (the tracking store's, Optuna's)."""
+    from harness.study_storage import storage_url
+    from harness.writer import tracking_uri
+
+    folders = {url.removeprefix("sqlite:///").rpartition("/")[0] or "." for url in (tracking_uri(), storage_url())
+               if url.startswith("sqlite:///")}
+    return ", ".join(f"{f}/" for f in sorted(folders)) or "the tracking store"
+
+
 def one_line_warnings() -> None:
     """A fast path that fell back (harness.errors.FallbackWarning) says so in one line."""
     show = warnings.showwarning
@@ -234,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_first_interrupt()
     survive_closed_pipes()
     one_line_warnings()
+    # a store error is raised to us and said in one line; MLflow would also log it with its traceback
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     args = parser().parse_args(argv)
     try:
         return args.func(args)
@@ -242,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ServiceError, NothingCompleted) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        from harness.store_check import store_fault
+        fault = store_fault(e)
+        if fault is None:
+            raise
+        print(f"error: {store_folders()}: {fault}; what was written before stays, and the same command "
+              "continues once the store takes writes again", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)

@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from harness.store_check import read_only_url
 from harness.compare_config import CompareOptions
 from harness.config import ConfigError, TrainConfig, from_params
 from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
@@ -188,8 +189,8 @@ def check_step(step: int | None, curves: list[Curve], kind: str) -> None:
 def load_study(study_name: str, storage_url: str) -> optuna.Study:
     if storage_url.startswith("sqlite:///") and not Path(storage_url.removeprefix("sqlite:///")).exists():
         raise ConfigError(f"study: no study named '{study_name}': {storage_url} has no studies yet (run make sweep first)")
-    try:
-        return optuna.load_study(study_name=study_name, storage=storage_url)
+    try:  # a store this process cannot write to is read as it is
+        return optuna.load_study(study_name=study_name, storage=read_only_url(storage_url))
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
         raise ConfigError(f"study: no study named '{study_name}' in {storage_url}; "

@@ -103,10 +103,11 @@ def blocks_of(c: Comparison, figures: list[str], notes: list[str]) -> list[tuple
     return blocks
 
 
-def write_report(c: Comparison, tracker, folder: Path) -> tuple[Path, list[str], str]:
+def write_report(c: Comparison, tracker, folder: Path) -> tuple[Path, list[str], str | None]:
     """Write the report into `folder` and log it to the comparison's run under
     `report/<time>/` (artifacts cannot be replaced, so each report keeps its own folder).
-    Returns the HTML file, notes for the terminal, and the report's artifact folder."""
+    Returns the HTML file, notes for the terminal, and the report's artifact folder (None: the
+    store is read-only, nothing was logged)."""
     folder.mkdir(parents=True, exist_ok=True)
     for pattern in OWN_FILES:  # an earlier report's files; nothing else in the folder is touched
         for old in folder.glob(pattern):
@@ -129,6 +130,8 @@ def write_report(c: Comparison, tracker, folder: Path) -> tuple[Path, list[str],
     blocks = blocks_of(c, [name for name, _ in figures], notes)
     (folder / "report.md").write_text(markdown(blocks))
     (folder / "report.html").write_text(html(blocks, folder, c.name))
+    if tracker.read_only:  # a store this process cannot write to: the report stays in `folder`
+        return folder / "report.html", notes, None
     artifact_dir = f"report/{time.strftime('%Y%m%d-%H%M%S')}"
     for name in [name for name, _ in figures] + ["report.md", "report.html"]:
         tracker.log_artifact(c.run_id, folder / name, artifact_dir)

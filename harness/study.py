@@ -16,7 +16,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from harness import study_storage
+from harness import store_check, study_storage
 from harness.config import ConfigError
 from harness.errors import NothingCompleted, ServiceError
 from harness.runtime import resolve_device
@@ -53,7 +53,10 @@ def open_study(sweep: Sweep, study_name: str, storage_url: str, tracker: Tracker
             raise ConfigError(f"sweep.objective: study '{study_name}' was created to {', '.join(have)}; "
                               f"this file asks to {', '.join(settings.directions)}: choose another study name")
         run_id = study.user_attrs.get(PARENT_RUN_ATTR)
-        parent = tracker.resume_run(run_id) if run_id else None
+        parent = tracker.resume_run(run_id) if run_id else None  # None: deleted in the UI, a new one is made
+        if run_id and parent is None and not tracker.run_exists(run_id):
+            raise ConfigError(f"study '{study_name}': its parent run {run_id} is not in the tracking store "
+                              f"{tracker.uri}; to start afresh, choose another study (STUDY=name)")
         if parent is None:
             parent = tracker.open_run(sweep.base.experiment, study_name, params=sweep_params(sweep),
                                       tags={"optuna.study_name": study_name})
@@ -90,6 +93,8 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
     parent, status, nothing_completed = None, "FAILED", None
     try:
         resolve_device(sweep.base.device)  # an unavailable device fails here, before any trial
+        store_check.check_writable(tracking_uri(), study_storage.storage_url())
+        store_check.check_sweep_stores(tracking_uri(), study_storage.storage_url(), study_name)
         tracker = Tracker(tracking_uri())
         tracker.check()  # a wrong tracking URL fails here, in one line; a wrong storage URL just below
         storage_url = study_storage.storage_url()

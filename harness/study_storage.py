@@ -29,13 +29,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import ConfigError
 from harness.errors import FallbackWarning
+from harness.store_check import PARENT_RUN_ATTR, check_file, store_fault  # noqa: F401  (PARENT_RUN_ATTR: defined with the check that reads it)
 from harness.sqlite import file_lock, tune_sqlite_connections
 from harness.study_config import SweepConfig
 from harness.tracking import Tracker
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 RUN_ID_ATTR = "mlflow_run_id"
-PARENT_RUN_ATTR = "mlflow_parent_run_id"
 SWEEP_ID_ATTR = "sweep_id"  # the command that added a trial: `Budget`
 FAILURE_ATTR = "failure"  # a failed trial's error, in one line
 
@@ -58,9 +58,11 @@ class CloseDeadTrial:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
         try:
-            if run_id:
-                Tracker(self.tracking_uri).end_run(run_id, "FAILED", {"optuna.trial_state": "FAILED",
-                                                                    "failure": "worker stopped sending heartbeats"})
+            tracker = Tracker(self.tracking_uri) if run_id else None
+            # a run that ended (FINISHED before its trial could be told: a full disk) keeps its status
+            if run_id and tracker.get_run(run_id).info.status == "RUNNING":
+                tracker.end_run(run_id, "FAILED", {"optuna.trial_state": "FAILED",
+                                                  "failure": "worker stopped sending heartbeats"})
         except Exception as e:  # the run may be gone (deleted in the UI); the retry must still be queued
             print(f"trial {trial.number}: could not close its MLflow run {run_id}: {e}", file=sys.stderr)
         self.retry(study, trial)
@@ -108,6 +110,7 @@ def open_storage(url: str, settings: SweepConfig, tracking_uri: str) -> RDBStora
     """The study's storage; a wrong URL or password fails here in one line, before any trial."""
     engine_kwargs = {}
     if url.startswith("sqlite:///"):
+        check_file(Path(url.removeprefix("sqlite:///")))  # a damaged file: one line before Optuna opens it
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}  # several workers write to one file
         tune_sqlite_connections()

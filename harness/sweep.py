@@ -24,6 +24,7 @@ from harness.config import TrainConfig
 from harness.errors import ServiceError
 from harness.experiment import Workspace, run_training, start_trained_run
 from harness.study_config import PRUNERS, Sweep, SweepConfig
+from harness.store_check import store_fault
 from harness.study_storage import FAILURE_ATTR, RUN_ID_ATTR
 from harness.tracking import RunLogger, Tracker
 from harness.writer import WriterProcess
@@ -152,6 +153,8 @@ def keep_reports(trial: optuna.Trial, reports: dict[int, float] | None, attrs: d
     except optuna.exceptions.UpdateFinishedTrialError:
         pass  # another worker failed it meanwhile (its heartbeats stalled): its retry stands
     except Exception as e:  # the trial ends all the same
+        if store_fault(e):
+            return  # the sweep stops with one line about the store
         print(f"trial {trial.number}: its intermediate values were not written: {e}", file=sys.stderr)
 
 
@@ -406,6 +409,8 @@ def claim_and_run(job: Job, study: optuna.Study, storage, tracker: Tracker, open
                 except (KeyboardInterrupt, ServiceError):
                     raise
                 except Exception as e:  # the trials are FAILED on both sides; the sweep goes on
+                    if store_fault(e):
+                        raise  # a full disk or a read-only store: every next trial would fail the same way
                     numbers = ", ".join(str(t.number) for t in trials)
                     print(f"trial {numbers} failed: {type(e).__name__}: {e}", file=sys.stderr)
     except ServiceError:

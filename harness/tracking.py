@@ -26,7 +26,7 @@ from mlflow.entities import Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
-from harness import tracking_server
+from harness import store_check, tracking_server
 from harness.config import ConfigError
 from harness.images import full_size_step
 from harness.metric_rows import BATCH_LIMIT
@@ -139,12 +139,19 @@ class Tracker:
         elsewhere a thread does them), so that they run beside training on another core."""
         self.uri = uri or tracking_uri()
         self.local_db = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
+        # a store this process cannot write to is opened read-only: `make compare` reads it
+        read_only_uri = store_check.read_only_url(self.uri)
+        self.read_only = read_only_uri != self.uri
         if self.local_db:
-            self.local_db.parent.mkdir(parents=True, exist_ok=True)
+            store_check.check_file(self.local_db)  # a damaged file: one line before MLflow opens it
             tune_sqlite_connections()
+        if self.local_db and not self.read_only:
+            self.local_db.parent.mkdir(parents=True, exist_ok=True)
         if self.is_server:
             tracking_server.use_server_defaults()
-        if self.local_db:
+        if self.read_only:
+            client = MlflowClient(read_only_uri)
+        elif self.local_db:
             with file_lock(self.local_db):  # a new store's tables are made by one process at a time
                 client = MlflowClient(self.uri)  # it opens the model registry's store, on the same file
                 client.search_experiments(max_results=1)
@@ -213,6 +220,14 @@ class Tracker:
         if params:
             logger.log_params(params)
         return logger
+
+    def run_exists(self, run_id: str) -> bool:
+        """Whether the store has the run, deleted or not."""
+        try:
+            self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        return True
 
     def resume_run(self, run_id: str) -> RunLogger | None:
         """Mark an existing run RUNNING again; None if the store does not have it."""

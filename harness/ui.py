@@ -15,6 +15,7 @@ from pathlib import Path
 from harness.config import ConfigError
 from harness.services import answers, port_taken, stop_group
 from harness.signals import interrupt_once
+from harness.store_check import read_only_url
 from harness.tracking import Tracker, experiment_page, tracking_uri
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -42,7 +43,8 @@ def server_command(uri: str, host: str, port: int) -> list[str]:
     db = local_store(uri)
     # artifacts created through the UI land beside the runs' own, under the store's folder
     artifacts = (db.parent / "artifacts").resolve()
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+    # a store this process cannot write to is served read-only (store_check.read_only_url)
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", read_only_url(uri),
             "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
             "--workers", "1"]  # one user, one process
 

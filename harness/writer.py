@@ -15,6 +15,7 @@ handed over so far are done and raises the first error one of them hit; `hand_ov
 asks for that ahead, so that this process goes on meanwhile.
 """
 
+import logging
 import os
 import pickle
 import queue
@@ -354,6 +355,7 @@ def send_in_order(outbox: queue.SimpleQueue, link: Connection, errors: dict, bro
 def child(tracking_uri: str, fd: int) -> None:
     """The writer process: carry out commands until told to stop or the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # its errors go to the parent
     from mlflow import MlflowClient
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (most of opening the store: 0.6-1 s)
 
