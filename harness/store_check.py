@@ -42,7 +42,9 @@ def damage(path: Path) -> str | None:
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(header[28:32], "big")
-    if header[24:28] == header[92:96] and size < pages * page_size:  # the header's page count is valid
+    wal = Path(f"{path}-wal")
+    pending = wal.exists() and wal.stat().st_size > 0  # a checkpoint cut short (a full disk): the WAL has the pages
+    if header[24:28] == header[92:96] and size < pages * page_size and not pending:  # the header's count is valid
         return f"truncated: {size} bytes, its header says {pages * page_size}"
     try:
         connection = connect_read_only(path)

@@ -1,9 +1,11 @@
 """The sweep at its edges: commands run at once, signals, stores that are not what they should be."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -145,3 +147,130 @@ def test_a_sweep_in_which_no_trial_completes_exits_1_naming_the_first_error(tmp_
     monkeypatch.undo()  # a later sweep whose trials work exits 0 and finishes the parent
     assert run_cli("sweep", str(write(tmp_path, TINY)), "--trials", "1", env=stores).returncode == 0
     assert client.get_run(study.user_attrs[PARENT_RUN_ATTR]).info.status == "FINISHED"
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A study of 2 trials in its own mlruns/-like folder, to be copied and spoiled."""
+    folder = tmp_path_factory.mktemp("pristine")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
+           "OPTUNA_STORAGE": f"sqlite:///{folder}/optuna.db"}
+    proc = run_cli("sweep", str(write(folder, TINY)), "--trials", "2", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return folder
+
+
+def spoiled_copy(pristine, tmp_path, name: str, how: str) -> dict:
+    """The pristine stores copied into tmp_path/mlruns, with `name` emptied, halved, overwritten
+    at its header or removed; the environment that points a command at them."""
+    store = tmp_path / "mlruns"
+    shutil.copytree(pristine, store, ignore=shutil.ignore_patterns("*-wal", "*-shm"))
+    path = store / name
+    data = path.read_bytes()
+    if how == "empty":
+        path.write_bytes(b"")
+    elif how == "half":
+        path.write_bytes(data[:len(data) // 2])
+    elif how == "header":
+        path.write_bytes(b"\0" * 100 + data[100:])
+    else:
+        path.unlink()
+    return {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
+            "OPTUNA_STORAGE": f"sqlite:///{store}/optuna.db"}
+
+
+def snapshot(folder):
+    """The stores' files (SQLite may add its WAL index files beside a store it reads: not content)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+            if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+
+
+@pytest.mark.parametrize("name, how, says", [
+    ("mlflow.db", "empty", "mlflow.db: is empty, the parent run of study 'tiny' in"),
+    ("mlflow.db", "missing", "mlflow.db: is missing, the parent run of study 'tiny' in"),
+    ("optuna.db", "empty", "optuna.db: is empty, but"),
+    ("optuna.db", "missing", "optuna.db: is missing, but"),
+    ("mlflow.db", "half", "mlflow.db: truncated"),
+    ("optuna.db", "half", "optuna.db: truncated"),
+    ("mlflow.db", "header", "mlflow.db: not an SQLite database"),
+])
+def test_a_store_missing_empty_or_damaged_on_one_side_is_refused_before_anything_is_written(
+        pristine, tmp_path, name, how, says):
+    """An emptied mlflow.db used to give a new store and a second parent, an emptied optuna.db a
+    new study, a half file `database disk image is malformed` tracebacks."""
+    env = spoiled_copy(pristine, tmp_path, name, how)
+    before = snapshot(tmp_path / "mlruns")
+    proc = run_cli("sweep", str(write(tmp_path, TINY)), "--trials", "1", env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], proc.stderr
+    assert "to start afresh, choose another study (STUDY=name) or move" in lines[0]
+    assert snapshot(tmp_path / "mlruns") == before  # nothing written, nothing made
+
+
+@pytest.mark.parametrize("how", ["half", "header"])
+def test_commands_that_read_refuse_a_damaged_store_in_one_line(pristine, tmp_path, how):
+    env = spoiled_copy(pristine, tmp_path, "mlflow.db", how)
+    proc = run_cli("compare", str(write(tmp_path, TINY)), env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "mlflow.db:" in proc.stderr
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs at tmp_path/disk, as a user's nearly full disk or a store made read-only."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)])
+
+
+def disk_env(disk) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{disk}/mlflow.db",
+            "OPTUNA_STORAGE": f"sqlite:///{disk}/optuna.db"}
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_sweep_in_one_line_and_the_next_sweep_recovers(small_disk, tmp_path):
+    """It used to print ~600 traceback lines, leave the parent RUNNING, and a later sweep relabelled
+    a finished trial's run FAILED."""
+    env = disk_env(small_disk)
+    path = str(write(tmp_path, TINY.replace("iterations = 30", "iterations = 200").replace("image_size = 256", "image_size = 512")))
+    proc = run_cli("sweep", path, "--trials", "200", env=env)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "%|" not in line and line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {small_disk}/: the disk is full"), proc.stderr
+    study = load_study(env)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    ended = {t.number: client.get_run(t.user_attrs[RUN_ID_ATTR]).info.status
+             for t in study.get_trials() if RUN_ID_ATTR in t.user_attrs}
+    assert 0 < len(study.trials) < 200
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space again
+    time.sleep(4)  # past the grace period: a trial the full disk left RUNNING is failed and retried
+    proc = run_cli("sweep", path, "--trials", "1", env=env)
+    assert proc.returncode == 0, proc.stderr
+    for number, status in ended.items():  # a run that had ended keeps its status
+        if status != "RUNNING":
+            assert client.get_run(study.trials[number].user_attrs[RUN_ID_ATTR]).info.status == status
+    assert_consistent(env)
+
+
+@pytest.mark.slow
+def test_a_read_only_store_is_refused_for_writing_and_read_for_reports(small_disk, tmp_path):
+    env = disk_env(small_disk)
+    path = str(write(tmp_path, TINY))
+    assert run_cli("sweep", path, "--trials", "2", env=env).returncode == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    for command in (["sweep", path, "--trials", "1"], ["train", "--set", "iterations=5"]):
+        proc = run_cli(*command, env=env)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {small_disk}/mlflow.db: cannot be written here"), lines
+    proc = run_cli("compare", path, env=env)  # SQLite's WAL cannot make its -shm file there
+    assert proc.returncode == 0, proc.stderr
+    assert "the tracking store is read-only: nothing was logged to it" in proc.stdout
+    assert "Traceback" not in proc.stderr
