@@ -152,11 +152,10 @@ class WorkerPool:
         return skipped
 
     def interrupt(self) -> None:
-        """Ctrl-C: from a terminal the workers got it too; give them time to close their runs,
-        then pass it on to any that did not get it. Idle workers are told to stop at once."""
+        """Ctrl-C or SIGTERM: pass it on to the workers at once (a SIGTERM reached this process
+        only; a worker that got the terminal's Ctrl-C ignores the second), and give them time to
+        close their runs. Idle workers are told to stop."""
         self.tell_to_stop(self.idle)
-        for p in self.processes:
-            p.join(10)
         for p in self.processes:
             if p.is_alive():
                 os.kill(p.pid, signal.SIGINT)

@@ -13,6 +13,9 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import ROOT, run_cli, wait_until
+from harness import study_config
+from harness.config import ConfigError
+from harness.study import run_sweep
 from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from test_sweep import LONG, TINY, children, load_study, stores, write  # noqa: F401  (a fixture)
 
@@ -92,10 +95,11 @@ def assert_killed(env, trial) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_ends_the_sweep_as_ctrl_c_does(tmp_path, stores):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_ends_the_sweep_as_ctrl_c_does(tmp_path, stores, workers):
     """`kill <pid>` (a scheduler, `docker stop`): trial FAILED, its run and the parent KILLED,
-    the continue line, exit 143."""
-    proc = sweep_process(stores, str(write(tmp_path, LONG)), "--trials", "2")
+    the continue line, exit 143; the sweep's process passes it on to its workers."""
+    proc = sweep_process(stores, str(write(tmp_path, LONG)), "--trials", "2", "--workers", workers)
     trial = wait_for_a_running_trial(stores, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -195,25 +199,36 @@ def snapshot(folder):
     ("mlflow.db", "header", "mlflow.db: not an SQLite database"),
 ])
 def test_a_store_missing_empty_or_damaged_on_one_side_is_refused_before_anything_is_written(
-        pristine, tmp_path, name, how, says):
+        pristine, tmp_path, monkeypatch, name, how, says):
     """An emptied mlflow.db used to give a new store and a second parent, an emptied optuna.db a
     new study, a half file `database disk image is malformed` tracebacks."""
     env = spoiled_copy(pristine, tmp_path, name, how)
+    for key in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
+        monkeypatch.setenv(key, env[key])
     before = snapshot(tmp_path / "mlruns")
-    proc = run_cli("sweep", str(write(tmp_path, TINY)), "--trials", "1", env=env)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], proc.stderr
-    assert "to start afresh, choose another study (STUDY=name) or move" in lines[0]
+    with pytest.raises(ConfigError) as refused:
+        run_sweep(study_config.load(write(tmp_path, TINY)), trials=1, progress=False)
+    assert says in str(refused.value) and "\n" not in str(refused.value)
+    assert "to start afresh, choose another study (STUDY=name) or move" in str(refused.value)
     assert snapshot(tmp_path / "mlruns") == before  # nothing written, nothing made
 
 
+def test_the_command_line_says_so_in_one_line_and_exits_2(pristine, tmp_path):
+    env = spoiled_copy(pristine, tmp_path, "mlflow.db", "empty")
+    proc = run_cli("sweep", str(write(tmp_path, TINY)), "--trials", "1", env=env)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path}/mlruns/mlflow.db: is empty"), proc.stderr
+
+
 @pytest.mark.parametrize("how", ["half", "header"])
-def test_commands_that_read_refuse_a_damaged_store_in_one_line(pristine, tmp_path, how):
+def test_every_command_refuses_a_damaged_store_before_mlflow_opens_it(pristine, tmp_path, how):
+    """`make compare`, `make train`, `make ui`: all open the store through a Tracker."""
+    from harness.tracking import Tracker
+
     env = spoiled_copy(pristine, tmp_path, "mlflow.db", how)
-    proc = run_cli("compare", str(write(tmp_path, TINY)), env=env)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "mlflow.db:" in proc.stderr
+    with pytest.raises(ConfigError, match=f"^{tmp_path}/mlruns/mlflow.db: (truncated|not an SQLite)"):
+        Tracker(env["MLFLOW_TRACKING_URI"])
 
 
 @pytest.fixture
