@@ -44,7 +44,7 @@ COMPARE_ARGS = $(call option,--study,STUDY) $(call option,--run,RUN) $(call opti
 TRAIN_ARGS = $(foreach word,$(value ARGS),$(call quote,$(word)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep seeds compare ui test test-slow test-browser test-services screenshots bench services services-stop worker clean
+.PHONY: help install train sweep seeds compare ui test test-slow test-browser test-services test-floor screenshots bench services services-stop worker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -95,6 +95,14 @@ test-browser: $(STAMP) ## the UI in headless Debian chromium, driven by Playwrig
 
 screenshots: $(STAMP) ## remake the README's UI screenshots in docs/ with the browser test
 	WINE_SCREENSHOTS=docs $(PY) -m pytest -q -m browser
+
+# the lowest MLflow and Optuna pyproject.toml admits, in a venv of their own
+FLOOR_VENV := .venv-floor
+test-floor: ## the quick tests again with the lowest MLflow and Optuna versions pyproject.toml admits (in .venv-floor)
+	test -x $(FLOOR_VENV)/bin/python || $(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -c "import torch" 2>/dev/null || $(FLOOR_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	$(FLOOR_VENV)/bin/python -m pip install -q -e '.[dev]' $$($(PYTHON) .ci/floor_pins.py mlflow optuna)
+	$(FLOOR_VENV)/bin/python -m pytest -q -m "not slow and not browser and not services"
 
 test-services: $(STAMP) ## the tests against a real PostgreSQL and MLflow server (PostgreSQL must be installed)
 	$(PY) -m pytest -q -m services

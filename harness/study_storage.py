@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import ConfigError
 from harness.errors import FallbackWarning
-from harness.store_check import PARENT_RUN_ATTR, check_file, store_fault  # noqa: F401  (PARENT_RUN_ATTR: defined with the check that reads it)
+from harness.store_check import PARENT_RUN_ATTR, check_file  # noqa: F401  (PARENT_RUN_ATTR: defined with the check that reads it)
 from harness.sqlite import file_lock, tune_sqlite_connections
 from harness.study_config import SweepConfig
 from harness.tracking import Tracker

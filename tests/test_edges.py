@@ -1,18 +1,19 @@
 """The sweep at its edges: commands run at once, signals, stores that are not what they should be."""
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
-import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import ROOT, run_cli, wait_until
+from conftest import ROOT, UiProcess, free_port, run_cli, wait_until
 from harness import study_config
 from harness.config import ConfigError
 from harness.study import run_sweep
@@ -289,3 +290,17 @@ def test_a_read_only_store_is_refused_for_writing_and_read_for_reports(small_dis
     assert proc.returncode == 0, proc.stderr
     assert "the tracking store is read-only: nothing was logged to it" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+    port = free_port()  # the UI lists the study's runs from the read-only store
+    server = UiProcess([path, "--port", str(port)], env, tmp_path / "ui.log")
+    try:
+        line = server.wait_for_line("experiment 'tiny-sweep': ")
+        experiment_id = line.split("/#/experiments/")[1].split("?")[0]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search",
+                                         data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            names = sorted(r["info"]["run_name"] for r in json.load(answer)["runs"])
+        assert names == ["tiny", "trial-0", "trial-1"]
+    finally:
+        server.close()
