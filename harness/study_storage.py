@@ -181,10 +181,12 @@ def others_running(study: optuna.Study) -> bool:
 
 
 def claim_trials(study: optuna.Study, storage: RDBStorage, budget: Budget, most: int = 1,
-                 workers: int = 1) -> list[optuna.Trial]:
+                 workers: int = 1, attrs: dict | None = None) -> list[optuna.Trial]:
     """Up to `most` trials to run (queued retries first); none once the budget is reached.
     Near the end of the budget a worker takes only its share of what is left, so that the
-    `workers` sharing the study finish together rather than one training a last batch alone."""
+    `workers` sharing the study finish together rather than one training a last batch alone.
+    Each claimed trial gets the user attributes `attrs` (who runs it), with the command's mark
+    when it is new, in one transaction (`record_trial`)."""
     claimed = []
     with study_lock(storage, study.study_name):
         fail_stale_trials(study)
@@ -197,12 +199,15 @@ def claim_trials(study: optuna.Study, storage: RDBStorage, budget: Budget, most:
         most = max(1, min(most, -(-(waiting + max(0, left)) // workers)))
         while len(claimed) < most and (waiting or left > 0):
             trial = study.ask()
+            marks = dict(attrs or {})
             if waiting:
                 waiting -= 1
             else:
                 left -= 1
                 if budget.sweep_id:
-                    trial.set_user_attr(SWEEP_ID_ATTR, budget.sweep_id)
+                    marks[SWEEP_ID_ATTR] = budget.sweep_id
+            if marks:
+                record_trial(trial, {}, marks)
             # a first heartbeat before the lock is released: Optuna only fails (and retries)
             # a dead trial that has one
             storage.record_heartbeat(trial._trial_id)

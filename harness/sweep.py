@@ -164,8 +164,6 @@ def worker_name() -> str:
 
 def suggest_config(trial: optuna.Trial, job: Job) -> TrainConfig:
     values = {name: param.suggest(trial) for name, param in job.sweep.settings.space.items()}
-    trial.set_user_attr("sampler_seed", job.sampler_seed)
-    trial.set_user_attr("worker", worker_name())
     return job.sweep.trial_config(values)
 
 
@@ -391,7 +389,8 @@ def claim_and_run(job: Job, study: optuna.Study, storage, tracker: Tracker, open
     batch_size = job.sweep.settings.batch_size
     try:
         while True:
-            trials = study_storage.claim_trials(study, storage, job.budget, batch_size, job.workers)
+            trials = study_storage.claim_trials(study, storage, job.budget, batch_size, job.workers,
+                                                {"sampler_seed": job.sampler_seed, "worker": worker_name()})
             if not trials:
                 open_runs.beat(storage)
                 open_runs.close_all()
