@@ -124,7 +124,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.out:
         folder = Path(args.out)
     elif tracker.read_only:  # not beside the store: it cannot be written to
-        folder = Path(tempfile.gettempdir()) / "wine-init-reports" / report_files.folder_name(comparison.name)
+        folder = Path(tempfile.mkdtemp(prefix=f"wine-init-report-{report_files.folder_name(comparison.name)}-"))
     else:
         folder = report_files.default_folder(tracker, comparison.name)
     path, notes, logged = report_files.write_report(comparison, tracker, folder)
@@ -228,14 +228,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def store_folders() -> str:
-    """The folders of the local stores a command writes to (the tracking store's, Optuna's)."""
+def store_urls() -> tuple[str, str]:
+    """The stores a command writes to: the tracking store and Optuna's."""
     from harness.study_storage import storage_url
     from harness.writer import tracking_uri
 
-    folders = {url.removeprefix("sqlite:///").rpartition("/")[0] or "." for url in (tracking_uri(), storage_url())
-               if url.startswith("sqlite:///")}
-    return ", ".join(f"{f}/" for f in sorted(folders)) or "the tracking store"
+    return tracking_uri(), storage_url()
 
 
 def one_line_warnings() -> None:
@@ -267,12 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ServiceError, NothingCompleted) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except Exception as e:
-        from harness.store_check import store_fault
-        fault = store_fault(e)
+    except Exception as e:  # a store that stopped taking writes: one line, not MLflow's tracebacks
+        from harness.store_check import store_fault, store_folders
+        folders = store_folders(*store_urls())
+        fault = store_fault(e, folders)
         if fault is None:
             raise
-        print(f"error: {store_folders()}: {fault}; what was written before stays, and the same command "
+        where = ", ".join(f"{f}/" for f in folders) or "the tracking store"
+        print(f"error: {where}: {fault}; what was written before stays, and the same command "
               "continues once the store takes writes again", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:

@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from harness.store_check import read_only_url
+from harness.store_check import check_file, local_path, read_only_url
 from harness.compare_config import CompareOptions
 from harness.config import ConfigError, TrainConfig, from_params
 from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
@@ -189,10 +189,12 @@ def check_step(step: int | None, curves: list[Curve], kind: str) -> None:
 def load_study(study_name: str, storage_url: str) -> optuna.Study:
     if storage_url.startswith("sqlite:///") and not Path(storage_url.removeprefix("sqlite:///")).exists():
         raise ConfigError(f"study: no study named '{study_name}': {storage_url} has no studies yet (run make sweep first)")
-    try:  # a store this process cannot write to is read as it is
-        return optuna.load_study(study_name=study_name, storage=read_only_url(storage_url))
+    check_file(local_path(storage_url))  # a damaged file: one line before Optuna opens it
+    storage = read_only_url(storage_url)  # a store this process cannot write to is read as it is
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise ConfigError(f"study: no study named '{study_name}' in {storage_url}; "
                           f"existing: {', '.join(names) or 'none (run make sweep first)'}") from None
 

@@ -14,7 +14,9 @@ MLflow also writes into the run's row), an active model (whose metrics MLflow al
 batch over MLflow's limits, or a metric value already stored (which `log_batch` skips) get
 MLflow's `log_batch` instead. So does every batch after the one-transaction path failed in a way
 `log_batch` did not (an MLflow whose internals take other arguments), with one warning line:
-an optimisation that does not fit the installed MLflow never fails a run's write.
+an optimisation that does not fit the installed MLflow never fails a run's write. (MLflow's
+session maker turns any error inside the transaction into an MlflowException: only log_batch can
+tell the store's own refusal from a path that does not fit.)
 """
 
 import sys
@@ -36,19 +38,17 @@ def log_batch(client: MlflowClient, run_id: str, metrics: list[tuple], params: l
 
     Returns whether the one-transaction path may be used for the next batch: False once it
     raised where MLflow's log_batch then wrote the same batch (the store's own checks, a full
-    disk and the like raise from both, and from here)."""
+    disk and the like raise from both, and log_batch's error is the one raised)."""
     fast_path_error = None
     if one_insert and metrics:
         try:
             if in_one_transaction(client, run_id, metrics, params, tags):
                 return True
-        except MlflowException:
-            raise  # the store's own checks (an ended run, a changed param): log_batch says the same
         except Exception as e:  # nothing of it was written: its transaction was rolled back
-            fast_path_error = e
+            fast_path_error = e  # log_batch raises it again if it is the store's (an ended run, a full disk)
     client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=[Param(*p) for p in params],
                      tags=[RunTag(*t) for t in tags])
-    if fast_path_error is not None:
+    if fast_path_error is not None:  # log_batch wrote what the one transaction could not: it does not fit
         from mlflow.version import VERSION
         print(f"warning: MLflow {VERSION}: one-transaction metric writes do not fit this version "
               f"({type(fast_path_error).__name__}: {fast_path_error}); writing with log_batch instead",

@@ -5,6 +5,9 @@ import errno
 import os
 import signal
 import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -15,8 +18,11 @@ class Stopped(KeyboardInterrupt):
     does the same for both; `exit_code` is the shell's 128 + signal number."""
 
     def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(signum)  # picklable: args rebuild it
         self.signum = signum
+
+    def __str__(self) -> str:
+        return signal.Signals(self.signum).name
 
     @property
     def exit_code(self) -> int:
@@ -78,6 +84,30 @@ class SurvivesClosedPipe:
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) waits until the body is done: a message to or from another process
+    whole (cut in the middle, the pipe would be out of step and the next read would wait
+    forever), a trial asked for with its first heartbeat. The signal's handler then runs as it
+    would have (ours raises Stopped; the default one ends the process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread gets Python's signal handlers
+        return
+    caught = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append((signum, frame))) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signum, frame = caught[0]
+            if callable(previous[signum]):
+                previous[signum](signum, frame)
+            elif previous[signum] == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 def survive_closed_pipes() -> None:

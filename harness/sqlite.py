@@ -35,7 +35,8 @@ def file_lock(database: Path) -> Iterator[None]:
     """An exclusive lock on `<database>.lock`, for this machine's processes: the one that finds
     the database new creates its tables while the others wait (two at once collide in MLflow's
     migrations and leave it half made). A folder this process cannot write in has nothing to
-    create: no lock is needed there."""
+    create: no lock is needed there. An Optuna store's study lock is the same file
+    (study_storage.study_lock): a process never takes one while it holds the other."""
     try:
         handle = open(f"{database}.lock", "a")
     except OSError:

@@ -9,9 +9,11 @@ few rows that tie the two stores together: the study in Optuna's, its parent run
 import errno
 import os
 import sqlite3
+import urllib.parse
 from pathlib import Path
 
 from harness.config import ConfigError
+from harness.sqlite import file_lock
 
 HEADER = b"SQLite format 3\x00"
 STUDY_TAG = "optuna.study_name"  # how MLflow's runs name their study (harness/study.py)
@@ -31,7 +33,15 @@ def present(path: Path | None) -> bool:
 
 
 def damage(path: Path) -> str | None:
-    """Why the SQLite file at `path` cannot be used; None when it can (or is absent or empty)."""
+    """Why the SQLite file at `path` cannot be used; None when it can (or is absent or empty).
+    Read under the lock its creator holds (harness/sqlite.py), never half made."""
+    if not present(path):
+        return None
+    with file_lock(path):
+        return unlocked_damage(path)
+
+
+def unlocked_damage(path: Path) -> str | None:
     if not present(path):
         return None
     size = path.stat().st_size
@@ -60,7 +70,8 @@ def damage(path: Path) -> str | None:
 def connect_read_only(path: Path) -> sqlite3.Connection:
     """The store, read-only; in a folder this process cannot write to (no WAL index can be made
     there), as immutable (`read_only_url`)."""
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    uri = path.resolve().as_uri()  # `#`, `?` and `%` in a folder's name percent-encoded
+    connection = sqlite3.connect(f"{uri}?mode=ro", uri=True)
     try:
         connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         return connection
@@ -68,7 +79,7 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
         connection.close()
         if "unable to open" not in str(e):
             raise
-    return sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True)
 
 
 def check_file(path: Path | None) -> None:
@@ -79,6 +90,13 @@ def check_file(path: Path | None) -> None:
 
 
 def query(path: Path, sql: str, *args) -> list[tuple]:
+    """Rows of a read-only query, under the lock the store's creator holds (one store at a time:
+    never two locks at once, whose order could cross another process's)."""
+    with file_lock(path):
+        return unlocked_query(path, sql, *args)
+
+
+def unlocked_query(path: Path, sql: str, *args) -> list[tuple]:
     connection = connect_read_only(path)
     try:
         return connection.execute(sql, args).fetchall()
@@ -141,30 +159,44 @@ FAULT_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota 
                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
 
 
-def store_fault(error: BaseException) -> str | None:
-    """What a store that stopped taking writes says, in words, when `error` (or what caused it)
-    is that; None for any other error."""
+# the errors a store's refusal comes as: the database driver's, and MLflow's, Optuna's and the
+# writer process's wrapping of it (each keeps the driver's message)
+STORE_ERRORS = {"OperationalError", "MlflowException", "StorageInternalError", "WriteError"}
+
+
+def store_fault(error: BaseException, folders: tuple[Path, ...] = ()) -> str | None:
+    """What a store that stopped taking writes says, in words, when `error`, or the error it was
+    raised from, is that: a database error with SQLite's message, or an OSError on a file in one
+    of the stores' `folders` (the artifacts). None for any other error."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in FAULT_ERRNOS:
-            where = f" ({error.filename})" if error.filename else ""
-            return FAULT_ERRNOS[error.errno] + where
-        text = str(error)
-        for message, meaning in FAULTS.items():
-            if message in text:
-                return f"{meaning} ({message})"
-        error = error.__cause__ or error.__context__
+        if isinstance(error, OSError) and error.errno in FAULT_ERRNOS and error.filename:
+            if any(Path(os.path.abspath(error.filename)).is_relative_to(os.path.abspath(f)) for f in folders):
+                return f"{FAULT_ERRNOS[error.errno]} ({error.filename})"
+        if STORE_ERRORS & {c.__name__ for c in type(error).__mro__}:
+            for message, meaning in FAULTS.items():
+                if message in str(error):
+                    return f"{meaning} ({message})"
+        error = error.__cause__
     return None
+
+
+def store_folders(*urls: str) -> tuple[Path, ...]:
+    """The folders of the local stores among `urls` (their artifacts are under them too)."""
+    return tuple(sorted({path.parent for url in urls if (path := local_path(url)) is not None}))
 
 
 def read_only_url(url: str) -> str:
     """`url`, or for a local store this process cannot write to, the URI that opens it read-only
-    (`make compare` and `make ui` read such a store). SQLite's WAL needs its `-shm` file: with
-    none there (the last writer closed the store cleanly, nothing is pending) the file is opened
-    as immutable, else read-only beside them."""
+    (`make compare` and `make ui` read such a store). SQLite's WAL needs its `-shm` file, which
+    cannot be made in a read-only folder: with no WAL content (the last writer closed the store
+    cleanly) the file is opened as immutable, else read-only with its WAL."""
     path = local_path(url)
     if path is None or not path.exists() or (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
         return url
-    pending = Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()
-    return f"sqlite:///file:{path.resolve()}?{'mode=ro' if pending else 'immutable=1'}&uri=true"
+    wal = Path(f"{path}-wal")
+    pending = wal.exists() and wal.stat().st_size > 0
+    # SQLAlchemy decodes the URL once, SQLite the file URI once more
+    uri = urllib.parse.quote(path.resolve().as_uri(), safe=":/")
+    return f"sqlite:///{uri}?{'mode=ro' if pending else 'immutable=1'}&uri=true"

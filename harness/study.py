@@ -28,6 +28,7 @@ from harness.tracking import Tracker, tracking_uri
 from harness.workers import WorkerPool
 
 COMMANDS_ATTR = "sweep_commands"  # how many sweep commands have started on the study
+WORKED = (TrialState.COMPLETE, TrialState.PRUNED)  # a trial that trained (a pruned one was stopped on purpose)
 
 
 def sweep_params(sweep: Sweep) -> dict[str, object]:
@@ -120,8 +121,11 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
                 pool.run(jobs, study, bar)
             else:
                 work(jobs[0], on_trial_done=lambda number: bar.update(1))
-        nothing_completed = not_one_completed(study, sweep_id)
-        status = "FAILED" if nothing_completed else "FINISHED"
+        nothing_completed = not_one_completed(study, sweep_id)  # this command's exit code
+        # the parent is the study's, shared with other commands and machines: FAILED only when
+        # this command's trials all failed and not one trial of the study has worked
+        worked = any(t.state in WORKED for t in study.get_trials(deepcopy=False))
+        status = "FAILED" if nothing_completed and not worked else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -151,7 +155,7 @@ def not_one_completed(study: optuna.Study, sweep_id: str) -> str | None:
     """Why this command's sweep did nothing, when it ran trials and not one completed or was
     pruned; None otherwise."""
     own = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SWEEP_ID_ATTR) == sweep_id]
-    if not own or any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in own):
+    if not own or any(t.state in WORKED for t in own):
         return None
     first = min(own, key=lambda t: t.number)
     return (f"not one of this sweep's {len(own)} trials completed; the first, trial {first.number}: "

@@ -17,7 +17,7 @@ import os
 import sys
 import threading
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.config import ConfigError
 from harness.errors import FallbackWarning
 from harness.store_check import PARENT_RUN_ATTR, check_file  # noqa: F401  (PARENT_RUN_ATTR: defined with the check that reads it)
+from harness.signals import interrupts_held
 from harness.sqlite import file_lock, tune_sqlite_connections
 from harness.study_config import SweepConfig
 from harness.tracking import Tracker
@@ -197,21 +198,28 @@ def claim_trials(study: optuna.Study, storage: RDBStorage, budget: Budget, most:
         waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
         left = budget.left(trials)
         most = max(1, min(most, -(-(waiting + max(0, left)) // workers)))
-        while len(claimed) < most and (waiting or left > 0):
-            trial = study.ask()
-            marks = dict(attrs or {})
-            if waiting:
-                waiting -= 1
-            else:
-                left -= 1
-                if budget.sweep_id:
-                    marks[SWEEP_ID_ATTR] = budget.sweep_id
-            if marks:
-                record_trial(trial, {}, marks)
-            # a first heartbeat before the lock is released: Optuna only fails (and retries)
-            # a dead trial that has one
-            storage.record_heartbeat(trial._trial_id)
-            claimed.append(trial)
+        try:
+            while len(claimed) < most and (waiting or left > 0):
+                # a first heartbeat with the trial, Ctrl-C or not: Optuna only fails (and
+                # retries) a dead trial that has one
+                with interrupts_held():
+                    trial = study.ask()
+                    storage.record_heartbeat(trial._trial_id)
+                claimed.append(trial)
+                marks = dict(attrs or {})
+                if waiting:
+                    waiting -= 1
+                else:
+                    left -= 1
+                    if budget.sweep_id:
+                        marks[SWEEP_ID_ATTR] = budget.sweep_id
+                if marks:
+                    record_trial(trial, {}, marks)
+        except BaseException:  # nothing will run them: failed now where the store takes it, else by their heartbeat
+            for trial in claimed:
+                with suppress(Exception):
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
     return claimed
 
 

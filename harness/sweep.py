@@ -24,7 +24,7 @@ from harness.config import TrainConfig
 from harness.errors import ServiceError
 from harness.experiment import Workspace, run_training, start_trained_run
 from harness.study_config import PRUNERS, Sweep, SweepConfig
-from harness.store_check import store_fault
+from harness.store_check import store_fault, store_folders
 from harness.study_storage import FAILURE_ATTR, RUN_ID_ATTR
 from harness.tracking import RunLogger, Tracker
 from harness.writer import WriterProcess
@@ -408,7 +408,7 @@ def claim_and_run(job: Job, study: optuna.Study, storage, tracker: Tracker, open
                 except (KeyboardInterrupt, ServiceError):
                     raise
                 except Exception as e:  # the trials are FAILED on both sides; the sweep goes on
-                    if store_fault(e):
+                    if store_fault(e, store_folders(job.tracking_uri, job.storage_url)):
                         raise  # a full disk or a read-only store: every next trial would fail the same way
                     numbers = ", ".join(str(t.number) for t in trials)
                     print(f"trial {numbers} failed: {type(e).__name__}: {e}", file=sys.stderr)

@@ -222,11 +222,13 @@ class Tracker:
         return logger
 
     def run_exists(self, run_id: str) -> bool:
-        """Whether the store has the run, deleted or not."""
+        """Whether the store has the run, deleted or not (any other error is raised)."""
         try:
             self.client.get_run(run_id)
-        except MlflowException:
-            return False
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
         return True
 
     def resume_run(self, run_id: str) -> RunLogger | None:

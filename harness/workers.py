@@ -12,7 +12,7 @@ from harness.signals import stop_on_first_interrupt
 from harness.study_config import Sweep
 from harness.sweep import Job, prepare_workspace, work
 from harness.sweep_summary import draw_figures, drawing_cost
-from harness.writer import interrupts_held
+from harness.signals import interrupts_held
 
 WORK_DONE = "work done"  # a worker's word once its share of the trials is done: it may draw figures
 DRAW_TIMEOUT_S = 120  # a worker's share of the summary's figures takes well under a second

@@ -24,12 +24,10 @@ import socket
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
 from multiprocessing.connection import Connection
-from typing import Iterator
 
 from harness.images import ImageStage, encoded
-from harness.signals import STOP_SIGNALS
+from harness.signals import interrupts_held
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -59,25 +57,6 @@ def start_early(tracking_uri: str) -> None:
     global _early
     if _early is None and os.name == "posix" and tracking_uri.startswith("sqlite:///"):
         _early = (tracking_uri, *spawn(tracking_uri))
-
-
-@contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Ctrl-C (or SIGTERM) waits until a message to or from the writer process is whole: cut in the middle,
-    the pipe would be out of step and the next drain would wait forever. Its handler then runs
-    as it would have (it raises KeyboardInterrupt)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread gets Python's signal handlers
-        return
-    caught = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append((signum, frame))) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if caught and callable(previous[caught[0][0]]):
-            previous[caught[0][0]](*caught[0])
 
 
 class WriteError(RuntimeError):
@@ -173,8 +152,8 @@ class WriterProcess:
     They go to the child in order from one thread of this process, the sender, which encodes
     each image on the way (16 kB through the socket instead of 150; Pillow lets go of the GIL
     while it encodes): this process hands a run over and trains the next one while the run's
-    images are encoded, sent and written. The child ignores Ctrl-C, which reaches the whole
-    process group: this process decides what to do (end the run KILLED, after `drain`). When
+    images are encoded, sent and written. The child ignores Ctrl-C and SIGTERM, which may reach
+    the whole process group: this process decides what to do (end the run KILLED, after `drain`). When
     this process dies, the child does what it was handed and exits. POSIX only (it inherits a
     socket); elsewhere the thread is used."""
 
@@ -354,7 +333,8 @@ def send_in_order(outbox: queue.SimpleQueue, link: Connection, errors: dict, bro
 
 def child(tracking_uri: str, fd: int) -> None:
     """The writer process: carry out commands until told to stop or the parent is gone."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop in (signal.SIGINT, signal.SIGTERM):  # also sent to a whole process group: the parent decides
+        signal.signal(stop, signal.SIG_IGN)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # its errors go to the parent
     from mlflow import MlflowClient
     import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (most of opening the store: 0.6-1 s)
