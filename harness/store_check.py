@@ -59,12 +59,15 @@ def unlocked_damage(path: Path) -> str | None:
     try:
         connection = connect_read_only(path)
         try:
-            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            # alembic's scratch tables are left by a migration cut short (two first runs at once
+            # used to do it): every later open of MLflow's store fails on them
+            scratch = connection.execute("SELECT name FROM sqlite_master WHERE name LIKE '\\_alembic\\_tmp\\_%' "
+                                         "ESCAPE '\\' LIMIT 1").fetchall()
         finally:
             connection.close()
     except sqlite3.DatabaseError as e:
         return str(e)
-    return None
+    return f"half made: a migration was cut short ({scratch[0][0]} is left)" if scratch else None
 
 
 def connect_read_only(path: Path) -> sqlite3.Connection:

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -178,6 +179,9 @@ def spoiled_copy(pristine, tmp_path, name: str, how: str) -> dict:
         path.write_bytes(data[:len(data) // 2])
     elif how == "header":
         path.write_bytes(b"\0" * 100 + data[100:])
+    elif how == "migration":  # what two first sweeps at once used to leave
+        with sqlite3.connect(path) as connection:
+            connection.execute("CREATE TABLE _alembic_tmp_experiments (id INTEGER)")
     else:
         path.unlink()
     return {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
@@ -198,6 +202,7 @@ def snapshot(folder):
     ("mlflow.db", "half", "mlflow.db: truncated"),
     ("optuna.db", "half", "optuna.db: truncated"),
     ("mlflow.db", "header", "mlflow.db: not an SQLite database"),
+    ("mlflow.db", "migration", "mlflow.db: half made: a migration was cut short (_alembic_tmp_experiments is left)"),
 ])
 def test_a_store_missing_empty_or_damaged_on_one_side_is_refused_before_anything_is_written(
         pristine, tmp_path, monkeypatch, name, how, says):
