@@ -7,6 +7,7 @@ few rows that tie the two stores together: the study in Optuna's, its parent run
 """
 
 import errno
+import json
 import os
 import sqlite3
 import urllib.parse
@@ -121,7 +122,7 @@ def check_sweep_stores(tracking_uri: str, storage_url: str, study: str) -> None:
     if found:
         parent = query(optuna_db, "SELECT value_json FROM study_user_attributes WHERE study_id = ? AND key = ?",
                        found[0][0], PARENT_RUN_ATTR)
-        run_id = parent[0][0].strip('"') if parent else None
+        run_id = json.loads(parent[0][0]) if parent else None  # Optuna keeps attributes as JSON
         if run_id and not (present(mlflow_db) and query(mlflow_db, "SELECT 1 FROM runs WHERE run_uuid = ?", run_id)):
             state = "is empty" if mlflow_db.exists() else "is missing"
             raise ConfigError(f"{mlflow_db}: {state if not present(mlflow_db) else 'has no run ' + run_id}, the parent "
