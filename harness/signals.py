@@ -43,9 +43,30 @@ def interrupt_once(signum, frame) -> None:
 
 def stop_on_first_interrupt() -> None:
     """Install `interrupt_once` for SIGINT and SIGTERM, also where the parent shell ignored
-    SIGINT (a background job)."""
+    SIGINT (a background job), and `redeliver_lost_stops`."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, interrupt_once)
+    if not getattr(sys.unraisablehook, "redelivers_stops", False):
+        sys.unraisablehook = redeliver_lost_stops(sys.unraisablehook)
+
+
+def redeliver_lost_stops(previous):
+    """An unraisable-exception hook for a stop that Python dropped: a signal that arrives while a
+    finalizer runs (a `__del__`, a weakref callback: SQLAlchemy has them) has its Stopped raised
+    there, where Python prints "Exception ignored" and goes on; with the stop signals ignored from
+    then on, the sweep would run to its end and exit 0. The hook arms the handlers again and sends
+    the signal once more from another thread, so that it arrives after the finalizer."""
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Stopped):
+            previous(unraisable)
+            return
+        signum = unraisable.exc_value.signum
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, interrupt_once)  # the hook runs where the handler did: the main thread
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+
+    hook.redelivers_stops = True
+    return hook
 
 
 class SurvivesClosedPipe:

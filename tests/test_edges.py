@@ -309,3 +309,29 @@ def test_a_read_only_store_is_refused_for_writing_and_read_for_reports(small_dis
         assert names == ["tiny", "trial-0", "trial-1"]
     finally:
         server.close()
+
+
+def test_a_stop_raised_inside_a_finalizer_is_delivered_again(monkeypatch):
+    """A SIGTERM or Ctrl-C that lands while a `__del__` or weakref callback runs (SQLAlchemy's,
+    as a sweep opens its stores) raised there, where Python drops it; with the signals ignored
+    from then on, the sweep used to run to its end and exit 0."""
+    from harness.signals import Stopped, interrupt_once, stop_on_first_interrupt
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    try:
+        stop_on_first_interrupt()
+
+        class Finalizer:
+            def __del__(self):
+                interrupt_once(signal.SIGTERM, None)  # what the handler does when the signal lands here
+
+        with pytest.raises(Stopped) as stopped:
+            Finalizer()  # dropped at once: Python ignores what its __del__ raises
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert stopped.value.signum == signal.SIGTERM
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
