@@ -180,8 +180,10 @@ def spoiled_copy(pristine, tmp_path, name: str, how: str) -> dict:
     elif how == "header":
         path.write_bytes(b"\0" * 100 + data[100:])
     elif how == "migration":  # what two first sweeps at once used to leave
-        with sqlite3.connect(path) as connection:
+        connection = sqlite3.connect(path)
+        with connection:  # commits
             connection.execute("CREATE TABLE _alembic_tmp_experiments (id INTEGER)")
+        connection.close()  # and checkpoints the WAL into the file, before the test's snapshot
     else:
         path.unlink()
     return {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
