@@ -94,11 +94,11 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
     parent, status, nothing_completed = None, "FAILED", None
     try:
         resolve_device(sweep.base.device)  # an unavailable device fails here, before any trial
-        store_check.check_writable(tracking_uri(), study_storage.storage_url())
-        store_check.check_sweep_stores(tracking_uri(), study_storage.storage_url(), study_name)
+        storage_url = study_storage.storage_url()
+        store_check.check_writable(tracking_uri(), storage_url)
+        store_check.check_sweep_stores(tracking_uri(), storage_url, study_name)
         tracker = Tracker(tracking_uri())
         tracker.check()  # a wrong tracking URL fails here, in one line; a wrong storage URL just below
-        storage_url = study_storage.storage_url()
         study, storage, parent = open_study(sweep, study_name, storage_url, tracker)
         with study_storage.study_lock(storage, study_name):
             optuna.storages.fail_stale_trials(study)
@@ -121,10 +121,11 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
                 pool.run(jobs, study, bar)
             else:
                 work(jobs[0], on_trial_done=lambda number: bar.update(1))
-        nothing_completed = not_one_completed(study, sweep_id)  # this command's exit code
+        ended = study.get_trials(deepcopy=False)
+        nothing_completed = not_one_completed(ended, sweep_id)  # this command's exit code
         # the parent is the study's, shared with other commands and machines: FAILED only when
         # this command's trials all failed and not one trial of the study has worked
-        worked = any(t.state in WORKED for t in study.get_trials(deepcopy=False))
+        worked = any(t.state in WORKED for t in ended)
         status = "FAILED" if nothing_completed and not worked else "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -151,10 +152,10 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
     return summary
 
 
-def not_one_completed(study: optuna.Study, sweep_id: str) -> str | None:
-    """Why this command's sweep did nothing, when it ran trials and not one completed or was
-    pruned; None otherwise."""
-    own = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(SWEEP_ID_ATTR) == sweep_id]
+def not_one_completed(trials: list, sweep_id: str) -> str | None:
+    """Why this command's sweep did nothing, when it ran trials (among the study's `trials`) and
+    not one completed or was pruned; None otherwise."""
+    own = [t for t in trials if t.user_attrs.get(SWEEP_ID_ATTR) == sweep_id]
     if not own or any(t.state in WORKED for t in own):
         return None
     first = min(own, key=lambda t: t.number)

@@ -138,7 +138,7 @@ class Tracker:
         """`writer_process`: do the slow writes in a child process (a local store on POSIX;
         elsewhere a thread does them), so that they run beside training on another core."""
         self.uri = uri or tracking_uri()
-        self.local_db = Path(self.uri.removeprefix("sqlite:///")) if self.uri.startswith("sqlite:///") else None
+        self.local_db = store_check.local_path(self.uri)
         # a store this process cannot write to is opened read-only: `make compare` reads it
         read_only_uri = store_check.read_only_url(self.uri)
         self.read_only = read_only_uri != self.uri
