@@ -132,7 +132,8 @@ def write_report(c: Comparison, tracker, folder: Path) -> tuple[Path, list[str],
     (folder / "report.html").write_text(html(blocks, folder, c.name))
     if tracker.read_only:  # a store this process cannot write to: the report stays in `folder`
         return folder / "report.html", notes, None
-    artifact_dir = f"report/{time.strftime('%Y%m%d-%H%M%S')}"
+    now = time.time()  # to the millisecond: two reports within one second keep their own folders
+    artifact_dir = f"report/{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}-{int(now * 1000) % 1000:03d}"
     for name in [name for name, _ in figures] + ["report.md", "report.html"]:
         tracker.log_artifact(c.run_id, folder / name, artifact_dir)
     tracker.set_tags(c.run_id, {"report": f"{artifact_dir}/report.html"})
