@@ -11,6 +11,8 @@ from harness.model import create
 from harness.runtime import init_generator
 from harness.train import METRICS, train
 
+from conftest import PARITY
+
 
 def configs(**common):
     """A mix of seeds, learning rates, inits and momentum, all sharing one architecture."""
@@ -23,7 +25,7 @@ def configs(**common):
 
 
 def assert_same_curves(cfgs, batch: BatchResult, wine, cpu, exact_at_divergence: bool = True):
-    """Every metric at every step within 1e-5. At the step where a model diverges its logits
+    """Every metric at every step within 1e-5 (`PARITY`). At the step where a model diverges its logits
     are at float32's edge, where any change in the order of a sum moves them past it or not:
     the compiled kernel (`exact_at_divergence=False`) must then only diverge there too."""
     for k, cfg in enumerate(cfgs):
@@ -32,7 +34,7 @@ def assert_same_curves(cfgs, batch: BatchResult, wine, cpu, exact_at_divergence:
         assert batched.last_step == single.last_step and batched.diverged == single.diverged
         compared = slice(None, -1 if single.diverged and not exact_at_divergence else None)
         for name in METRICS:
-            np.testing.assert_allclose(batched.history[name][compared], single.history[name][compared], rtol=1e-5, atol=1e-6,
+            np.testing.assert_allclose(batched.history[name][compared], single.history[name][compared], **PARITY,
                                        err_msg=f"model {k} ({cfg.seed=}, {cfg.lr=}, {cfg.init=}, {cfg.momentum=}): {name}")
         if single.diverged:
             assert not np.isfinite(batched.history["train_loss"][-1])
@@ -85,8 +87,8 @@ def test_the_cpu_kernel_draws_the_boundaries_the_loop_draws(cpu):
     assert (25, [7]) in [(step, models) for step, models, _, _ in drawn[True]]  # its last step, off its plot_every
     for (step, _, params, metrics), (_, _, expected, expected_metrics) in zip(drawn[True], drawn[False]):
         for got, want in zip(params, expected):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=f"weights at step {step}")
-        np.testing.assert_allclose(metrics, expected_metrics, rtol=1e-5, atol=1e-6, err_msg=f"metrics at step {step}")
+            torch.testing.assert_close(got, want, **PARITY, msg=f"weights at step {step}")
+        np.testing.assert_allclose(metrics, expected_metrics, **PARITY, err_msg=f"metrics at step {step}")
 
 
 def test_without_a_compiler_the_torch_ops_train(tmp_path, monkeypatch, cpu):

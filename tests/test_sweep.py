@@ -21,7 +21,7 @@ from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR, Budget
 from harness.study import run_sweep
 from harness.experiment import Workspace
 from harness.sweep import ReportToTrial, prepare_workspace
-from conftest import ROOT, run_cli, wait_until
+from conftest import PARITY, ROOT, run_cli, wait_until
 from test_tracking import image_steps
 
 TINY = """
@@ -480,8 +480,8 @@ def test_a_sweep_in_the_kernel_logs_what_the_lecture_loop_gives(tmp_path, stores
         single = train(sweep.trial_config(trial.params), wine, cpu)
         logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_loss")}
         assert sorted(logged) == list(range(31))
-        assert [logged[s] for s in range(31)] == pytest.approx(single.history["val_loss"], rel=1e-5)
-        assert trial.value == pytest.approx(single.final["val_loss"], rel=1e-5)
+        assert [logged[s] for s in range(31)] == pytest.approx(single.history["val_loss"], rel=PARITY["rtol"], abs=PARITY["atol"])
+        assert trial.value == pytest.approx(single.final["val_loss"], rel=PARITY["rtol"], abs=PARITY["atol"])
 
 
 def test_ctrl_c_while_a_batch_is_written_keeps_the_trial_handed_over(tmp_path, stores, monkeypatch):
