@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from harness.config import ConfigError
+from harness.core.config import ConfigError
 from harness.errors import FallbackWarning, NothingCompleted, ServiceError
 from harness.signals import exit_code, stop_on_first_interrupt, survive_closed_pipes
 
@@ -17,12 +17,12 @@ DEFAULT_STUDY = "experiments/sweep.toml"  # the study `make sweep` runs, and `ma
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness import config
+    from harness.core import config
 
     cfg = config.load(args.experiment, args.set)  # a bad key fails here, before the heavy imports
     from harness.experiment import Workspace, run_training
-    from harness.store_check import check_writable
-    from harness.tracking import Tracker, tracking_uri
+    from harness.tracking.store_check import check_writable
+    from harness.tracking.tracker import Tracker, tracking_uri
 
     workspace = Workspace.for_config(cfg)  # device and data errors surface before any run exists
     check_writable(tracking_uri())
@@ -41,15 +41,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from harness import study_config
+    from harness.study import config as study_config
 
     sweep = study_config.load(args.experiment, args.set)  # a bad key fails here, before the heavy imports
     if (args.workers or sweep.settings.workers) == 1:
-        from harness import writer  # a lone worker's writer process (harness/sweep.py, `work`)
+        from harness.tracking import writer  # a lone worker's writer process (harness/study/trial.py, `work`)
 
         writer.start_early(writer.tracking_uri())
-    from harness.study import run_sweep
-    from harness.sweep_summary import format_table
+    from harness.study.sweep import run_sweep
+    from harness.study.summary import format_table
 
     study = args.study or sweep.settings.study
     try:
@@ -71,11 +71,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_seeds(args: argparse.Namespace) -> int:
-    from harness import seed_scan
+    from harness.analysis import seed_scan
 
     scan = seed_scan.load(args.experiment, args.set, count=args.count)  # bad input fails before the heavy work
-    from harness.store_check import check_writable
-    from harness.tracking import Tracker, tracking_uri
+    from harness.tracking.store_check import check_writable
+    from harness.tracking.tracker import Tracker, tracking_uri
 
     check_writable(tracking_uri())
     tracker = Tracker()
@@ -93,8 +93,9 @@ def cmd_seeds(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness import config, study_config
-    from harness.compare_config import CompareOptions
+    from harness.core import config
+    from harness.study import config as study_config
+    from harness.analysis.compare_config import CompareOptions
 
     options = CompareOptions(step=args.step, bands_per_decade=args.bands_per_decade,
                              min_trials=args.min_trials).check()
@@ -106,13 +107,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
                           "nor a [seeds] table (a seed scan) to compare")
     scan = args.run is not None or ("seeds" in values and "sweep" not in values)
     if scan:
-        from harness.seed_scan import load as seed_scan_file
+        from harness.analysis.seed_scan import load as seed_scan_file
         experiment = seed_scan_file(args.experiment).base.experiment
     else:
         study = args.study or study_config.load(args.experiment).settings.study
-    from harness import compare, report, report_files
-    from harness.study_storage import storage_url
-    from harness.tracking import Tracker
+    from harness.analysis import compare, report, report_files
+    from harness.study.storage import storage_url
+    from harness.tracking.tracker import Tracker
 
     if scan:
         tracker = Tracker()
@@ -141,7 +142,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from harness import study_config, ui
+    from harness.study import config as study_config
+    from harness.ops import ui
 
     ui.check_host(args.host, args.allow_remote)
     path = args.experiment or (DEFAULT_STUDY if os.path.exists(DEFAULT_STUDY) else None)
@@ -150,12 +152,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harness import bench
+    from harness.bench import main as bench
     return bench.main(args)
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    from harness.services import DEFAULT_ROOT, Services
+    from harness.ops.services import DEFAULT_ROOT, Services
 
     if args.action == "start":
         services = Services(DEFAULT_ROOT, args.host, args.pg_port, args.mlflow_port)
@@ -230,8 +232,8 @@ def parser() -> argparse.ArgumentParser:
 
 def store_urls() -> tuple[str, str]:
     """The stores a command writes to: the tracking store and Optuna's."""
-    from harness.study_storage import storage_url
-    from harness.writer import tracking_uri
+    from harness.study.storage import storage_url
+    from harness.tracking.writer import tracking_uri
 
     return tracking_uri(), storage_url()
 
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # a store that stopped taking writes: one line, not MLflow's tracebacks
-        from harness.store_check import store_fault, store_folders
+        from harness.tracking.store_check import store_fault, store_folders
         folders = store_folders(*store_urls())
         fault = store_fault(e, folders)
         if fault is None:

@@ -1,5 +1,5 @@
 """The errors the command line turns into one `error: ...` line, apart from ConfigError (a bad
-config, exit 2, raised in harness/config.py)."""
+config, exit 2, raised in harness/core/config.py)."""
 
 
 class ServiceError(RuntimeError):

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness import data as data_lib
-from harness.boundary import BoundaryRenderer, renderer_for
-from harness.config import TrainConfig, flatten
-from harness.runtime import resolve_device
-from harness.tracking import RunLogger, Tracker
-from harness.train import Callbacks, TrainResult, first_reaching, record_step, train
+from harness.core import data as data_lib
+from harness.render.boundary import BoundaryRenderer, renderer_for
+from harness.core.config import TrainConfig, flatten
+from harness.core.runtime import resolve_device
+from harness.tracking.tracker import RunLogger, Tracker
+from harness.core.train import Callbacks, TrainResult, first_reaching, record_step, train
 
 
 class LoggingCallbacks(Callbacks):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import config
-from harness.services import group_alive
+from harness.core import config
+from harness.ops.services import group_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def session_store(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tracker(session_store):
-    from harness.tracking import Tracker  # MLflow only where a test tracks: the rest run without it
+    from harness.tracking.tracker import Tracker  # MLflow only where a test tracks: the rest run without it
     return Tracker(session_store)
 
 

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from harness import config, data as data_lib, fused_cpu
-from harness.batched import BatchResult, loss_and_accuracy, one_call_run, one_kernel_step, stacked_parameters, train_batch
-from harness.model import create
-from harness.runtime import init_generator
-from harness.train import METRICS, train
+from harness.core import config, data as data_lib
+
+from harness.trainers import fused_cpu
+from harness.trainers.batched import BatchResult, loss_and_accuracy, one_call_run, one_kernel_step, stacked_parameters, train_batch
+from harness.core.model import create
+from harness.core.runtime import init_generator
+from harness.core.train import METRICS, train
 
 from conftest import PARITY
 
@@ -55,7 +57,7 @@ needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is 
 @needs_compiler
 @pytest.mark.parametrize("hidden, features", [([32], ["alcohol", "color_intensity"]), ([10], "all")])
 def test_cpu_kernel_follows_every_single_model_curve(hidden, features, cpu):
-    """One hidden layer trains in compiled C on the CPU (harness/fused_cpu.c), 16 models a
+    """One hidden layer trains in compiled C on the CPU (harness/trainers/fused_cpu.c), 16 models a
     block: 42 models are two full blocks and a partial one, shared between threads."""
     common = dict(hidden=hidden, features=features)
     cfgs = configs(**common) + [config.build({"device": "cpu", "iterations": 30, "seed": 6, "lr": 1e6, **common})]
@@ -153,7 +155,7 @@ def test_loss_is_cross_entropy_even_where_another_class_underflows():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("hidden, features", [([32], ["alcohol", "color_intensity"]), ([10], "all"), ([16, 8], "all")])
 def test_cuda_batch_matches_cpu_batch(hidden, features, cpu):
-    """One hidden layer trains with one kernel a step on CUDA (harness/fused.py), two with torch ops."""
+    """One hidden layer trains with one kernel a step on CUDA (harness/trainers/fused_triton.py), two with torch ops."""
     common = dict(hidden=hidden, features=features)
     cfgs = configs(**common) + [config.build({"iterations": 30, "seed": 6, "lr": 1e6, **common})]
     cfgs += [config.build({"iterations": 40, "seed": s, "lr": 0.5, **common}) for s in range(10, 45)]  # 3 GPU programs

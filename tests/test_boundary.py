@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness import config, data as data_lib
-from harness.boundary import REGION_COLORS, renderer_for, title_text
+from harness.core import config, data as data_lib
+from harness.render.boundary import REGION_COLORS, renderer_for, title_text
 
 
 class SplitByFirstInput(nn.Module):
@@ -64,9 +64,9 @@ def test_title():
 
 
 def test_batched_regions_match_each_model_alone(cpu):
-    from harness.batched import stacked_parameters
-    from harness.model import create
-    from harness.runtime import init_generator
+    from harness.trainers.batched import stacked_parameters
+    from harness.core.model import create
+    from harness.core.runtime import init_generator
 
     cfgs = [config.build({"seed": s, "hidden": [16, 8]}) for s in range(4)]
     wine = data_lib.load(cfgs[0], cpu)
@@ -81,10 +81,10 @@ def test_batched_regions_match_each_model_alone(cpu):
 
 
 def test_one_hidden_layer_regions_in_c_are_the_torch_ops_regions(cpu):
-    """The C grid forward (harness/fused_cpu.py) draws what batched.forward would: the same
+    """The C grid forward (harness/trainers/fused_cpu.py) draws what batched.forward would: the same
     class at every grid point, for weights small and large, whatever the init."""
-    from harness import fused_cpu
-    from harness.batched import forward, predicted_classes, stacked_parameters
+    from harness.trainers import fused_cpu
+    from harness.trainers.batched import forward, predicted_classes, stacked_parameters
 
     if fused_cpu.library() is None:
         pytest.skip("no C compiler here: the torch ops draw every boundary")
@@ -103,8 +103,8 @@ def test_one_hidden_layer_regions_in_c_are_the_torch_ops_regions(cpu):
 
 
 def test_a_model_laid_out_otherwise_is_drawn_by_its_own_forward(cpu):
-    from harness.boundary import is_harness_mlp
-    from harness.model import build_mlp
+    from harness.render.boundary import is_harness_mlp
+    from harness.core.model import build_mlp
 
     assert is_harness_mlp(build_mlp(2, [32])) and is_harness_mlp(build_mlp(2, [16, 8]))
     for other in (nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 3)), nn.Sequential(nn.Linear(2, 3), nn.ReLU()),

@@ -9,14 +9,16 @@ from mlflow import MlflowClient
 from optuna.distributions import FloatDistribution, IntDistribution
 from PIL import Image
 
-from harness import compare, config, seed_scan
-from harness.compare_config import CompareOptions
-from harness.config import ConfigError
+from harness.analysis import compare, seed_scan
+
+from harness.core import config
+from harness.analysis.compare_config import CompareOptions
+from harness.core.config import ConfigError
 from harness.experiment import record_trained_run
-from harness.report import terminal_table, trial_gifs
-from harness.report_files import write_report
-from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
-from harness.train import TrainResult
+from harness.analysis.report import terminal_table, trial_gifs
+from harness.analysis.report_files import write_report
+from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
+from harness.core.train import TrainResult
 from tests.conftest import run_cli
 
 STEPS = 61  # steps 0..60

@@ -1,8 +1,8 @@
 import pytest
 from sklearn.datasets import load_wine
 
-from harness import config
-from harness.config import ConfigError, WINE_FEATURES
+from harness.core import config
+from harness.core.config import ConfigError, WINE_FEATURES
 from conftest import run_cli
 
 

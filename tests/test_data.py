@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from harness import config, data
+from harness.core import config, data
 
 
 def test_split_is_stratified_and_reproducible():

@@ -15,10 +15,10 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from conftest import ROOT, UiProcess, free_port, run_cli, wait_until
-from harness import study_config
-from harness.config import ConfigError
-from harness.study import run_sweep
-from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
+from harness.study import config as study_config
+from harness.core.config import ConfigError
+from harness.study.sweep import run_sweep
+from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from test_sweep import LONG, TINY, children, load_study, stores, write  # noqa: F401  (a fixture)
 
 
@@ -129,7 +129,7 @@ def test_ctrl_c_with_the_output_in_a_pipe_ends_the_sweep_as_on_a_terminal(tmp_pa
 def test_a_sweep_in_which_no_trial_completes_exits_1_naming_the_first_error(tmp_path, stores, monkeypatch, capsys):
     """It used to exit 0, with a FINISHED parent, after printing `0 complete, 3 fail`."""
     from harness.__main__ import main
-    from harness.sweep import ReportToTrial
+    from harness.study.trial import ReportToTrial
 
     def broken(self, step, metrics):
         raise RuntimeError(f"broken trial {self.trial.number}")
@@ -232,7 +232,7 @@ def test_the_command_line_says_so_in_one_line_and_exits_2(pristine, tmp_path):
 @pytest.mark.parametrize("how", ["half", "header"])
 def test_every_command_refuses_a_damaged_store_before_mlflow_opens_it(pristine, tmp_path, how):
     """`make compare`, `make train`, `make ui`: all open the store through a Tracker."""
-    from harness.tracking import Tracker
+    from harness.tracking.tracker import Tracker
 
     env = spoiled_copy(pristine, tmp_path, "mlflow.db", how)
     with pytest.raises(ConfigError, match=f"^{tmp_path}/mlruns/mlflow.db: (truncated|not an SQLite)"):

@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-from harness.metric_rows import log_batch
+from harness.tracking.metric_rows import log_batch
 
 KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 

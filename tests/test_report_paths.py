@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.report_files import default_folder, folder_name
+from harness.analysis.report_files import default_folder, folder_name
 
 BAD = ["..", ".", "/", "a/../../b", "", "a\0b", "a\\b", "../x", ".hidden", "a" * 5000, "x" * 101,
        "my study", "it's", "\udcff", "C:\\Windows", "~", "-", "a b", "a_b"]

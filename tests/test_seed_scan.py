@@ -4,10 +4,12 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from harness import data as data_lib, seed_scan
+from harness.core import data as data_lib
+
+from harness.analysis import seed_scan
 from conftest import PARITY
-from harness.config import ConfigError
-from harness.train import train
+from harness.core.config import ConfigError
+from harness.core.train import train
 
 
 def test_a_seed_scan_is_one_run_with_percentiles_table_and_figures(tmp_path, tracker, cpu):

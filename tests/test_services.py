@@ -21,10 +21,10 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from PIL import Image
 
-from harness.services import Services
-from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR
-from harness.tracking import Tracker
-from harness.tracking_server import TrackingUnavailable
+from harness.ops.services import Services
+from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
+from harness.tracking.tracker import Tracker
+from harness.tracking.server import TrackingUnavailable
 from conftest import ROOT, free_port
 from test_tracking import METRICS, image_steps
 
@@ -67,7 +67,7 @@ def services():
 
 
 # iterations of a trial that must still run when the test acts on it: its first metrics reach the
-# server after 250 steps (harness/writer.py's batch), and 600 steps were over before a poll saw them
+# server after 250 steps (harness/tracking/writer.py's batch), and 600 steps were over before a poll saw them
 LONG = 5000
 
 
@@ -196,8 +196,8 @@ def test_workers_ride_out_a_tracking_server_restart(tmp_path, services):
 
 
 def test_the_study_lock_is_held_in_postgresql_for_every_machine(services):
-    from harness.study_config import SweepConfig
-    from harness.study_storage import lock_key, open_storage, study_lock
+    from harness.study.config import SweepConfig
+    from harness.study.storage import lock_key, open_storage, study_lock
 
     storage = open_storage(services.cluster.url("optuna"), SweepConfig(), services.mlflow.url)
     other = sqlalchemy.create_engine(services.cluster.url("optuna"))  # as another machine would connect
@@ -217,8 +217,8 @@ def test_the_study_lock_is_held_in_postgresql_for_every_machine(services):
 def test_workers_opening_a_new_database_together_create_the_tables_once(services):
     import psycopg
     from concurrent.futures import ThreadPoolExecutor
-    from harness.study_config import SweepConfig
-    from harness.study_storage import open_storage
+    from harness.study.config import SweepConfig
+    from harness.study.storage import open_storage
 
     with psycopg.connect(host="127.0.0.1", port=services.pg_port, user="wine", dbname="postgres",
                          password=password(services), autocommit=True) as connection:

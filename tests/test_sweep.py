@@ -14,13 +14,13 @@ from PIL import Image
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from harness import study_config, workers
+from harness.study import config as study_config, pool as workers
 from harness.errors import NothingCompleted
-from harness.sweep_summary import draw_figures
-from harness.study_storage import PARENT_RUN_ATTR, RUN_ID_ATTR, Budget
-from harness.study import run_sweep
+from harness.study.summary import draw_figures
+from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR, Budget
+from harness.study.sweep import run_sweep
 from harness.experiment import Workspace
-from harness.sweep import ReportToTrial, prepare_workspace
+from harness.study.trial import ReportToTrial, prepare_workspace
 from conftest import PARITY, ROOT, run_cli, wait_until
 from test_tracking import image_steps
 
@@ -122,7 +122,7 @@ def test_continuing_adds_trials_under_the_same_parent(tmp_path, stores):
 def test_values_written_at_tell_are_those_report_writes(stores, monkeypatch):
     """With no pruner the sweep writes a trial's intermediate values when it tells it
     (`record_trial`, one transaction): the same records as `trial.report` and `set_user_attr`."""
-    from harness.study_storage import record_trial
+    from harness.study.storage import record_trial
 
     study = optuna.create_study(storage=stores["OPTUNA_STORAGE"])
     values = {10: 0.5, 20: float("inf"), 30: -float("inf"), 40: float("nan"), 50: 1e-30}
@@ -151,7 +151,7 @@ def test_trial_records_fall_back_to_the_public_calls_when_optuna_internals_moved
     from optuna.storages._rdb.storage import RDBStorage
 
     from harness.errors import FallbackWarning
-    from harness.study_storage import record_trial
+    from harness.study.storage import record_trial
     from test_metric_rows import fails_once
 
     study = optuna.create_study(storage=stores["OPTUNA_STORAGE"])
@@ -169,8 +169,8 @@ def test_trial_records_fall_back_to_the_public_calls_when_optuna_internals_moved
 
 def test_a_trial_another_worker_failed_meanwhile_keeps_its_retry(tmp_path, stores):
     """Its heartbeats stalled and another worker failed it: this worker's result is dropped."""
-    from harness.sweep import Job, tell
-    from harness.train import TrainResult
+    from harness.study.trial import Job, tell
+    from harness.core.train import TrainResult
 
     sweep = study_config.load(write(tmp_path, TINY))
     study = optuna.create_study(study_name="tiny", storage=stores["OPTUNA_STORAGE"])
@@ -283,7 +283,7 @@ ORPHANS = """
 import os, signal, sys
 import optuna
 from types import SimpleNamespace
-from harness import workers
+from harness.study import pool as workers
 workers.work = lambda job, on_trial_done, workspace=None: None
 pool = workers.WorkerPool(2)
 if sys.argv[1] == "idle":  # their trials done, waiting for figures to draw
@@ -449,10 +449,10 @@ def test_searching_other_fields_and_a_fixed_default_key(tmp_path):
 def test_a_sweep_in_the_kernel_logs_what_the_lecture_loop_gives(tmp_path, stores, cpu, monkeypatch, batch_size):
     """One trial at a time or in batches, the compiled kernel trains; the runs hold the curves of
     the single-model loop. Batches of 3: one of 3, then one of 2."""
-    from harness import data as data_lib
-    from harness import fused_cpu
-    import harness.sweep as sweep_module
-    from harness.train import train
+    from harness.core import data as data_lib
+    from harness.trainers import fused_cpu
+    import harness.study.trial as sweep_module
+    from harness.core.train import train
 
     if fused_cpu.library() is None:
         pytest.skip("no C compiler here: the sweep trains in the lecture's loop")
@@ -488,7 +488,7 @@ def test_ctrl_c_while_a_batch_is_written_keeps_the_trial_handed_over(tmp_path, s
     """A run's writes go to the writer process, and the run is closed once the next one is
     handed over: Ctrl-C in between still closes it FINISHED and its trial COMPLETE (it trained
     to the end); the trials not yet logged are failed."""
-    import harness.sweep as sweep_module
+    import harness.study.trial as sweep_module
 
     started = []
 
@@ -517,7 +517,7 @@ def test_ctrl_c_while_a_batch_is_written_keeps_the_trial_handed_over(tmp_path, s
 def test_a_pruner_decides_in_the_kernel_as_in_the_loop(tmp_path, monkeypatch):
     """The median pruner compares a trial with the trials before it: those must be told before
     it is replayed, as the loop tells them before it trains."""
-    import harness.sweep as sweep_module
+    import harness.study.trial as sweep_module
 
     text = TINY.replace("[sweep]", "[sweep]\nsampler = \"random\"\npruner = \"median\"").replace(
         "iterations = 30", "iterations = 100").replace(
@@ -551,7 +551,7 @@ def test_a_trial_that_fails_before_training_is_failed_not_left_running(tmp_path,
 def test_a_pruned_trial_ends_where_the_loop_stops_it(tmp_path, stores, monkeypatch, path):
     """The kernel trains a trial to its end, then its steps are replayed: the pruner stops the
     replay where it stops the loop, and the run holds the same steps and images."""
-    import harness.sweep as sweep_module
+    import harness.study.trial as sweep_module
 
     if path == "loop":
         monkeypatch.setattr(sweep_module, "trains_in_one_call", lambda cfg, workspace: False)
@@ -576,9 +576,9 @@ def test_a_pruned_trial_ends_where_the_loop_stops_it(tmp_path, stores, monkeypat
 
 def test_a_run_whose_writes_fail_fails_its_own_trial_and_the_next_one_goes_on(tmp_path, stores, capsys):
     """Runs are closed one trial late (`OpenRuns`): the failure must stay with its own trial."""
-    from harness.sweep import Job, OpenRuns
-    from harness.tracking import Tracker
-    from harness.train import TrainResult
+    from harness.study.trial import Job, OpenRuns
+    from harness.tracking.tracker import Tracker
+    from harness.core.train import TrainResult
 
     sweep = study_config.load(write(tmp_path, TINY))
     study = optuna.create_study(study_name="tiny", storage=stores["OPTUNA_STORAGE"])

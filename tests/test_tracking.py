@@ -8,13 +8,13 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from harness import images as images_module
-from harness import writer as writer_module
+from harness.render import images as images_module
+from harness.tracking import writer as writer_module
 
 from harness.experiment import Workspace, run_training
-from harness.tracking import Tracker
-from harness.train import METRICS, Callbacks
-from harness.writer import WriteError
+from harness.tracking.tracker import Tracker
+from harness.core.train import METRICS, Callbacks
+from harness.tracking.writer import WriteError
 from conftest import run_cli, wait_until
 
 

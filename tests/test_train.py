@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from harness import config, data as data_lib
-from harness.model import build_mlp, create
-from harness.runtime import init_generator, seed_everything
-from harness.train import METRICS, Callbacks, train
+from harness.core import config, data as data_lib
+from harness.core.model import build_mlp, create
+from harness.core.runtime import init_generator, seed_everything
+from harness.core.train import METRICS, Callbacks, train
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import urllib.request
 
 import pytest
 
-from harness import ui
+from harness.ops import ui
 from conftest import ROOT, UiProcess, free_port, group_alive, run_cli
 
 

@@ -1,0 +1,1 @@
+"""Services a study may need: PostgreSQL and an MLflow server, and the MLflow UI."""

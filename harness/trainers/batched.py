@@ -1,0 +1,246 @@
+"""Many initializations trained as one computation, with a leading model dimension K.
+
+One wine model is so small that training it alone is all Python and kernel launches. Here K
+models (each with its own seed, init, learning rate, momentum and iteration count, sharing the
+architecture and the data) are stacked: every layer is one batched matmul over the K models,
+the loss is the sum of the K models' losses (so each model gets exactly its own gradient), and
+SGD is applied per model. Model k follows the curve that `train.train` gives for its config.
+
+Nothing leaves the device until the end: a model that diverges or reaches its iteration count
+is masked out (its weights stop moving, its metrics stop counting), without a sync per step.
+For one hidden layer, compiled kernels take over: on the CPU the whole run is one call into C
+(harness/trainers/fused_cpu.py), where the torch ops below are the fallback; on CUDA, with nothing to
+draw along the way (the seed scan), a step is one Triton kernel (harness/trainers/fused_triton.py).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from harness.core import model as model_lib
+from harness.core.config import TrainConfig
+from harness.core.data import WineData
+from harness.core.runtime import init_generator
+from harness.core.train import METRICS, TrainResult, first_reaching
+
+
+@dataclass
+class BatchResult:
+    history: dict[str, np.ndarray]
+    """every metric, shape (max steps + 1, K); NaN past a model's last_step"""
+    last_step: np.ndarray
+    """(K,) the last step each model measured"""
+    diverged: np.ndarray
+    """(K,) the loss became non-finite at last_step"""
+
+    def result(self, k: int, target_accuracy: float) -> TrainResult:
+        """Model k's outcome, in the same form as the single-model loop returns it."""
+        steps = slice(0, int(self.last_step[k]) + 1)
+        out = TrainResult(history={m: self.history[m][steps, k].tolist() for m in METRICS},
+                          diverged=bool(self.diverged[k]))
+        out.iterations_to_target = first_reaching(out.history["train_accuracy"], target_accuracy)
+        return out
+
+
+def stacked_parameters(cfgs: list[TrainConfig], n_inputs: int, device: torch.device) -> list[torch.Tensor]:
+    """[W1, b1, W2, b2, ...] with W: (K, out, in) and b: (K, out, 1), drawn exactly as
+    `model.create` draws each model: its own generator, on the CPU, layer by layer, weight
+    then bias. Drawn straight into the stacked tensors: 100,000 models in about 2 s."""
+    widths = [n_inputs, *cfgs[0].hidden, 3]
+    shapes = list(zip(widths[1:], widths[:-1]))  # (out, in) of each layer
+    params = []
+    for fan_out, fan_in in shapes:
+        params += [torch.empty(len(cfgs), fan_out, fan_in), torch.empty(len(cfgs), fan_out, 1)]
+    rules = {}  # (init, init_std) -> each layer's (weight rule, bias rule)
+    for k, cfg in enumerate(cfgs):
+        key = (cfg.init, cfg.init_std)
+        if key not in rules:
+            rules[key] = [model_lib.init_rules(cfg.init, cfg.init_std, fan_in, fan_out) for fan_out, fan_in in shapes]
+        generator = init_generator(cfg.seed)
+        for i, (weight_rule, bias_rule) in enumerate(rules[key]):
+            model_lib.draw(params[2 * i][k], weight_rule, generator)
+            model_lib.draw(params[2 * i + 1][k], bias_rule, generator)
+    return [p.to(device) for p in params]
+
+
+def forward(params: list[torch.Tensor], xt: torch.Tensor) -> list[torch.Tensor]:
+    """Activations of all K models on the shared inputs xt (features, N), samples last:
+    [hidden_1, ..., logits], each (K, width, N). Samples last keeps the reductions over the
+    3 classes vectorized over the samples."""
+    activations = []
+    h = xt
+    for i in range(0, len(params), 2):
+        h = torch.matmul(params[i], h).add_(params[i + 1])
+        if i + 2 < len(params):
+            h = h.relu_()
+        activations.append(h)
+    return activations
+
+
+def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
+    """argmax over the classes of (K, classes, N) logits, first of equals, as (K, N).
+    Written out: torch.argmax over a middle dimension of size 3 is dozens of times slower here."""
+    best = logits[:, 0]
+    predicted = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
+    for c in range(1, logits.shape[1]):
+        better = logits[:, c] > best
+        best = torch.where(better, logits[:, c], best)
+        predicted = torch.where(better, c, predicted)
+    return predicted
+
+
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor):
+    """Per-model mean cross-entropy and accuracy, each (K,), and the log-probabilities.
+    The loss reads only the label's log-probability, as nn.CrossEntropyLoss does: another
+    class's -inf must not turn a finite loss into NaN."""
+    log_probs = torch.log_softmax(logits, dim=1)
+    labels = y.view(1, 1, -1).expand(len(logits), 1, -1)
+    loss = -log_probs.gather(1, labels).squeeze(1).mean(dim=1)
+    return loss, (predicted_classes(logits) == y).float().mean(dim=1), log_probs
+
+
+def fused_forward(trained: list[torch.Tensor], xt1: torch.Tensor) -> list[torch.Tensor]:
+    """`forward` for training: the first layer's bias is a weight on a constant input of 1
+    (`trained[0]` is [W1 | b1], `xt1` the inputs with a row of ones), which spares the widest
+    activations one pass to add the bias and one to sum its gradient."""
+    h = torch.matmul(trained[0], xt1)
+    first = h.relu_() if len(trained) > 1 else h
+    return [first, *forward(trained[1:], first)]
+
+
+def gradients(trained, xt1, activations, log_probs, onehot, active) -> list[torch.Tensor]:
+    """Backpropagation by hand: each model's gradient of its own mean cross-entropy (what
+    autograd gives for the single model), zero for stopped models; laid out as `trained`."""
+    n = xt1.shape[1]
+    delta = torch.where(active.view(-1, 1, 1), (log_probs.exp() - onehot) / n, 0.0)
+    grads = [None] * len(trained)
+    for i in range(len(trained) - 2, 0, -2):
+        below = activations[i // 2]
+        grads[i] = torch.matmul(delta, below.transpose(-1, -2))
+        grads[i + 1] = delta.sum(dim=2, keepdim=True)
+        delta = torch.ops.aten.threshold_backward(torch.matmul(trained[i].transpose(1, 2), delta), below, 0)
+    grads[0] = torch.matmul(delta, xt1.transpose(-1, -2))
+    return grads
+
+
+def check_compatible(cfgs: list[TrainConfig]) -> None:
+    first = cfgs[0]
+    for cfg in cfgs[1:]:
+        for key in ("hidden", "features", "split_seed", "val_fraction"):
+            if getattr(cfg, key) != getattr(first, key):
+                raise ValueError(f"{key}: models trained together must share it ({getattr(first, key)} vs {getattr(cfg, key)})")
+
+
+def boundary_steps(cfgs: list[TrainConfig]) -> set[int]:
+    """Steps at which some model draws a boundary: multiples of its plot_every, and its last."""
+    return {s for c in cfgs for s in range(0, c.iterations + 1, c.plot_every)} | {c.iterations for c in cfgs}
+
+
+def one_kernel_step(cfgs: list[TrainConfig], n_features: int, device: torch.device, on_boundary):
+    """On CUDA, for one hidden layer of a size the kernel holds in registers and no boundary to
+    draw, a step is one Triton kernel (harness/trainers/fused_triton.py); None where the torch ops below run."""
+    if on_boundary is not None or device.type != "cuda" or len(cfgs[0].hidden) != 1:
+        return None
+    from harness.trainers import fused_triton as fused  # imports Triton, which comes with PyTorch's CUDA builds only
+    return fused.step if fused.triton is not None and fused.fits(cfgs[0].hidden[0], n_features) else None
+
+
+def one_call_run(cfgs: list[TrainConfig], device: torch.device):
+    """On the CPU, for one hidden layer, the whole run is one call into compiled C
+    (harness/trainers/fused_cpu.py); None where it cannot be built, and the torch ops run."""
+    if device.type != "cpu" or len(cfgs[0].hidden) != 1:
+        return None
+    from harness.trainers import fused_cpu
+    return fused_cpu.train if fused_cpu.library() is not None else None
+
+
+@torch.no_grad()
+def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, on_boundary=None,
+                kernels: bool = True) -> BatchResult:
+    """Train len(cfgs) models at once; model k follows `train.train(cfgs[k], ...)`.
+
+    `on_boundary(step, params, models, metrics)` is called where the single-model loop would
+    draw model k's boundary, with the indices of those models and their metrics (4 x len).
+    `kernels=False` keeps to the torch ops where a compiled kernel would run (to compare them).
+    """
+    check_compatible(cfgs)
+    k = len(cfgs)
+    params = stacked_parameters(cfgs, data.n_features, device)
+    trained = [torch.cat(params[:2], dim=2), *params[2:]]  # [W1 | b1], W2, b2, ...
+    params = [trained[0][..., :-1], trained[0][..., -1:], *params[2:]]  # views, as forward() takes them
+    buffers = [torch.zeros_like(p) for p in trained]
+    lr = torch.tensor([c.lr for c in cfgs], dtype=torch.float32, device=device)
+    momentum = torch.tensor([c.momentum for c in cfgs], dtype=torch.float32, device=device)
+    iterations = torch.tensor([c.iterations for c in cfgs], device=device)
+    steps = int(iterations.max()) + 1
+
+    history = torch.full((len(METRICS), steps, k), float("nan"), device=device)
+    active = torch.ones(k, dtype=torch.bool, device=device)
+    diverged = torch.zeros(k, dtype=torch.bool, device=device)
+    last_step = torch.zeros(k, dtype=torch.long, device=device)
+
+    plot_every = torch.tensor([c.plot_every for c in cfgs], device=device)
+    drawing_steps = boundary_steps(cfgs) if on_boundary else set()
+    def with_ones(x):  # (features + 1, N): the inputs, samples last, and the bias's constant 1
+        return torch.cat([x.T, torch.ones(1, x.shape[0], device=device)]).contiguous()
+
+    xt1, xt1_val = with_ones(data.x_train), with_ones(data.x_val)
+    onehot = F.one_hot(data.y_train, 3).float().T.contiguous()
+
+    one_kernel = kernels and one_kernel_step(cfgs, data.n_features, device, on_boundary)
+    one_call = kernels and one_call_run(cfgs, device)
+    if one_call:
+        snap_steps = sorted(drawing_steps)
+        at = torch.tensor(snap_steps, dtype=torch.long).view(-1, 1)
+        drawn_at = ((at % plot_every == 0) | (at == iterations)) & (at <= iterations)  # unless a model diverges first
+        weights_at = one_call(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data,
+                              snap_steps, drawn_at)
+        for index, step in enumerate(snap_steps):  # the boundaries the loop below draws as it goes
+            measured = (step <= last_step) & ~(diverged & (step == last_step))
+            models = torch.nonzero(measured & drawn_at[index]).flatten()
+            if len(models):
+                w1b1, *rest = weights_at(index, models)
+                on_boundary(step, [w1b1[..., :-1], w1b1[..., -1:], *rest], models, history[:, step, models].numpy())
+
+    for step in range(steps if not one_call else 0):
+        if one_kernel:
+            one_kernel(trained, buffers, lr, momentum, iterations, active, diverged, last_step, history, data, step)
+            if step % 50 == 49 and not bool(active.any()):
+                break
+            continue
+
+        # forward and loss of every model on its current weights: step k's training metrics
+        activations = fused_forward(trained, xt1)
+        train_loss, train_accuracy, log_probs = loss_and_accuracy(activations[-1], data.y_train)
+        val_loss, val_accuracy, _ = loss_and_accuracy(fused_forward(trained, xt1_val)[-1], data.y_val)
+        history[:, step] = torch.stack([train_loss, train_accuracy, val_loss, val_accuracy])
+
+        # models still running measured this step; a non-finite loss ends a model here
+        last_step = torch.where(active, step, last_step)
+        newly_diverged = active & ~torch.isfinite(train_loss)
+        diverged |= newly_diverged
+        if step in drawing_steps:
+            draw = active & ~newly_diverged & ((step % plot_every == 0) | (step == iterations))
+            models = torch.nonzero(draw).flatten()
+            if len(models):
+                on_boundary(step, params, models, history[:, step, models].cpu().numpy())
+        active &= ~newly_diverged & (step < iterations)
+        if step % 50 == 49 and not bool(active.any()):  # an occasional sync to stop early
+            break
+        if step == steps - 1:
+            break
+
+        # backward: each model's own gradient
+        grads = gradients(trained, xt1, activations, log_probs, onehot, active)
+
+        # SGD per model, as torch.optim.SGD does it; stopped models do not move
+        for p, g, buf in zip(trained, grads, buffers):
+            buf.mul_(momentum.view(k, 1, 1)).add_(g)
+            p.sub_(torch.where(active.view(k, 1, 1), lr.view(k, 1, 1) * buf, 0.0))
+
+    measured = torch.arange(steps, device=device)[:, None] <= last_step[None, :]
+    history = torch.where(measured, history, float("nan"))
+    return BatchResult(history={m: history[i].cpu().numpy() for i, m in enumerate(METRICS)},
+                       last_step=last_step.cpu().numpy(), diverged=diverged.cpu().numpy())
