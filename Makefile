@@ -44,19 +44,25 @@ COMPARE_ARGS = $(call option,--study,STUDY) $(call option,--run,RUN) $(call opti
 TRAIN_ARGS = $(foreach word,$(value ARGS),$(call quote,$(word)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install train sweep seeds compare ui test test-slow test-browser test-services test-floor screenshots bench services services-stop worker clean
+.PHONY: help install lock train sweep seeds compare ui test test-slow test-browser test-services test-floor screenshots bench services services-stop worker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# everything but torch and the project at the versions in requirements.lock (`make lock`
+# remakes it; docs/dependencies.md), then the project itself, its dependencies already there
+$(STAMP): pyproject.toml requirements.lock
 	@echo "installing wine-init into $(VENV) (first time only: a minute or two)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 install: $(STAMP) ## install the project into .venv (the other targets do it when needed)
+
+lock: ## remake requirements.lock: the newest versions pyproject.toml admits, resolved in a scratch venv
+	PYTHON=$(call quoted,PYTHON) TORCH_SPEC=$(call quoted,TORCH_SPEC) .ci/lock.sh
 
 train: $(STAMP) ## train the lecture's network once (EXPERIMENT=file.toml, ARGS="--set lr=0.5 --set seed=3", split on spaces)
 	$(PY) -m harness train $(call positional,EXPERIMENT) $(TRAIN_ARGS)
