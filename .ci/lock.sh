@@ -23,6 +23,11 @@ py="$scratch/venv/bin/python"
     echo "# and triton. To update: \`make lock\`, then the tests (docs/dependencies.md)."
     echo "# Python $("$py" -c 'import platform; print(platform.python_version(), platform.system(), platform.machine())')"
     "$py" -m pip freeze --exclude-editable | grep -viE '^(torch==|nvidia-|triton==|wine-init==|-e |#)'
-} > requirements.lock.new
-mv requirements.lock.new requirements.lock
-echo "wrote requirements.lock ($(grep -vc '^#' requirements.lock) packages)"
+} > "$scratch/requirements.lock"
+if cmp -s "$scratch/requirements.lock" requirements.lock; then
+    # left untouched, so the install stamp stays newer and `make` does not reinstall
+    echo "requirements.lock is unchanged"
+else
+    cp "$scratch/requirements.lock" requirements.lock
+    echo "wrote requirements.lock ($(grep -vc '^#' requirements.lock) packages)"
+fi
