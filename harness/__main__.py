@@ -24,7 +24,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from harness.tracking.store_check import check_writable
     from harness.tracking.tracker import Tracker, tracking_uri
 
+    from harness.trainers.registry import choose
+
     workspace = Workspace.for_config(cfg)  # device and data errors surface before any run exists
+    choose([cfg], workspace.device, drawing=True)  # and a named trainer that does not train it
     check_writable(tracking_uri())
     tracker = Tracker()
     outcome = run_training(cfg, tracker, workspace)
@@ -44,6 +47,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.study import config as study_config
 
     sweep = study_config.load(args.experiment, args.set)  # a bad key fails here, before the heavy imports
+    from harness.core.runtime import resolve_device
+    from harness.trainers.registry import choose
+
+    device = resolve_device(sweep.base.device)
+    for cfg in sweep.corners():  # a named trainer must train every trial the space can make
+        choose([cfg], device, drawing=True)
     if (args.workers or sweep.settings.workers) == 1:
         from harness.tracking import writer  # a lone worker's writer process (harness/study/trial.py, `work`)
 
@@ -74,7 +83,11 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     from harness.analysis import seed_scan
 
     scan = seed_scan.load(args.experiment, args.set, count=args.count)  # bad input fails before the heavy work
+    from harness.core.runtime import resolve_device
+    from harness.trainers.registry import choose
     from harness.tracking.store_check import check_writable
+
+    choose([scan.base], resolve_device(scan.base.device), drawing=False)
     from harness.tracking.tracker import Tracker, tracking_uri
 
     check_writable(tracking_uri())

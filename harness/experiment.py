@@ -1,17 +1,20 @@
 """One tracked training run: resolve the device, load the data, train, log it all to MLflow."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 from torch import nn
 
 from harness.core import data as data_lib
-from harness.render.boundary import BoundaryRenderer, renderer_for
 from harness.core.config import TrainConfig, flatten
 from harness.core.runtime import resolve_device
-from harness.tracking.tracker import RunLogger, Tracker
 from harness.core.train import Callbacks, TrainResult, first_reaching, record_step, train
+from harness.render.boundary import BoundaryRenderer, renderer_for, title_text
+from harness.tracking.tracker import RunLogger, Tracker
+from harness.trainers.batched import BatchResult, train_batch
+from harness.trainers.registry import choose
 
 
 class LoggingCallbacks(Callbacks):
@@ -51,7 +54,46 @@ class Workspace:
             return reuse
         device = resolve_device(cfg.device)
         data = data_lib.load(cfg, device)
-        return cls(device, data, renderer_for(data, cfg.image_size, device), key)
+        grid_classes = None
+        if device.type == "cpu":  # the C kernel's grid forward draws one hidden layer's regions, where it builds
+            from harness.trainers.fused_cpu import grid_classes
+        return cls(device, data, renderer_for(data, cfg.image_size, device, grid_classes), key)
+
+
+@dataclass
+class RunSpec:
+    """How a run is named, nested and tagged, and what its caller hears of it."""
+    run_name: str | None = None
+    """None: `default_run_name`"""
+    parent_run_id: str | None = None
+    tags: dict[str, object] = field(default_factory=dict)
+    on_start: Callable[[str], None] | None = None
+    """called with the run's id once the run exists (the sweep records it on its trial)"""
+    end_tags: Callable[[TrainResult], dict[str, object]] | None = None
+    """tags set from the result before the run closes (the sweep's trial state)"""
+
+
+Drawn = list[tuple[int, list[torch.Tensor], str]]
+"""a model's boundaries to draw: (step, its weights at that step, the image's title)"""
+
+
+def train_together(cfgs: list[TrainConfig], workspace: Workspace) -> tuple[BatchResult, list[Drawn]]:
+    """Train models of one architecture and data as one batch (harness/trainers/batched.py),
+    keeping the weights their boundary images show: drawn later (`draw`), not during training."""
+    drawn: list[Drawn] = [[] for _ in cfgs]
+
+    def keep(step, params, models, metrics):
+        for j, m in enumerate(models.tolist()):
+            title = title_text(step, float(metrics[0, j]), float(metrics[1, j]))
+            drawn[m].append((step, [p[m].clone() for p in params], title))
+
+    return train_batch(cfgs, workspace.data, workspace.device, keep), drawn
+
+
+def draw(workspace: Workspace, kept: Drawn) -> list[tuple[int, object]]:
+    """The boundary images of one model's kept weights, as (step, image), in one batched forward."""
+    steps, weights, titles = zip(*kept) if kept else ((), (), ())
+    return list(zip(steps, workspace.renderer.render_stacked(weights, titles)))
 
 
 @dataclass
@@ -75,22 +117,22 @@ def outcome_tags(result: TrainResult) -> dict[str, str]:
 
 
 def start_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device, result: TrainResult,
-                      images: list[tuple[int, object]], *, run_name: str, parent_run_id: str | None = None,
-                      tags: dict[str, object] | None = None, callbacks: Callbacks | None = None, on_start=None,
-                      end_tags=None) -> tuple[RunLogger, TrainResult]:
+                      images: list[tuple[int, object]], spec: RunSpec,
+                      callbacks: Callbacks | None = None) -> tuple[RunLogger, TrainResult]:
     """Log a run that was trained elsewhere (in a batch) exactly as `run_training` logs one (the
     same params, every step's metrics, the boundary images, the outcome tags) and hand its
     writes over without waiting for them: `tracker.close_run(logger, "FINISHED")` ends it once
     they are in. The steps are walked again as the loop walks them (`replay`), so `callbacks`
     (a pruner) may end the run earlier than its training did; the result as logged is returned.
     A failure on the way closes the run (KILLED on Ctrl-C, else FAILED)."""
-    logger = tracker.open_run(cfg.experiment, run_name, tags=tags, parent_run_id=parent_run_id)
+    logger = tracker.open_run(cfg.experiment, spec.run_name or default_run_name(cfg), tags=spec.tags,
+                              parent_run_id=spec.parent_run_id)
     try:
-        if on_start:
-            on_start(logger.run_id)
+        if spec.on_start:
+            spec.on_start(logger.run_id)
         logger.log_params(run_params(cfg, device), later=True)
         result = replay(cfg, result, dict(images), logger, callbacks or Callbacks())
-        finish_run(logger, result, end_tags, later=True)
+        finish_run(logger, result, spec.end_tags, later=True)
         logger.hand_over()
     except BaseException as e:
         tracker.close_run(logger, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -116,11 +158,12 @@ def replay(cfg: TrainConfig, result: TrainResult, images: dict[int, object], log
 
 
 def record_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device, result: TrainResult,
-                       images: list[tuple[int, object]], **run) -> str:
-    """`start_trained_run`, then the run closed once its writes are in; its id."""
-    logger, _ = start_trained_run(cfg, tracker, device, result, images, **run)
+                       images: list[tuple[int, object]], spec: RunSpec, callbacks: Callbacks | None = None
+                       ) -> tuple[str, TrainResult]:
+    """`start_trained_run`, then the run closed once its writes are in; its id and the result as logged."""
+    logger, result = start_trained_run(cfg, tracker, device, result, images, spec, callbacks)
     tracker.close_run(logger, "FINISHED")
-    return logger.run_id
+    return logger.run_id, result
 
 
 def finish_run(logger: RunLogger, result: TrainResult, end_tags=None, later: bool = False) -> None:
@@ -129,22 +172,26 @@ def finish_run(logger: RunLogger, result: TrainResult, end_tags=None, later: boo
     logger.set_tags({**outcome_tags(result), **(end_tags(result) if end_tags else {})}, later=later)
 
 
-def run_training(cfg: TrainConfig, tracker: Tracker, workspace: Workspace | None = None, *,
-                 run_name: str | None = None, parent_run_id: str | None = None,
-                 tags: dict[str, object] | None = None, callbacks: Callbacks | None = None,
-                 on_start=None, end_tags=None) -> RunOutcome:
-    """Train `cfg` as one MLflow run; the run is closed whatever happens.
-
-    `on_start(run_id)` is called once the run exists (the sweep records the id on its trial);
-    `end_tags(result)` gives tags to set before the run closes (the sweep's trial state).
-    """
+def run_training(cfg: TrainConfig, tracker: Tracker, workspace: Workspace | None = None,
+                 spec: RunSpec | None = None, callbacks: Callbacks | None = None) -> RunOutcome:
+    """Train `cfg` as one MLflow run; the run is closed whatever happens. The config's trainer
+    (harness/trainers/registry.py) trains it, recorded as the run's `trainer` tag: the lecture's
+    loop logs each step as it trains, a kernel's run is logged as the loop would have logged it."""
     workspace = workspace or Workspace.for_config(cfg)
-    with tracker.run(cfg.experiment, run_name or default_run_name(cfg),
-                     params=run_params(cfg, workspace.device), tags=tags,
-                     parent_run_id=parent_run_id) as logger:
-        if on_start:
-            on_start(logger.run_id)
+    spec = spec or RunSpec()
+    trainer = choose([cfg], workspace.device, drawing=True).name
+    spec = replace(spec, tags={**spec.tags, "trainer": trainer})
+    if trainer != "torch":
+        batch, drawn = train_together([cfg], workspace)
+        run_id, result = record_trained_run(cfg, tracker, workspace.device, batch.result(0, cfg.target_accuracy),
+                                            draw(workspace, drawn[0]), spec, callbacks)
+        return RunOutcome(run_id, result, workspace.device)
+    with tracker.run(cfg.experiment, spec.run_name or default_run_name(cfg),
+                     params=run_params(cfg, workspace.device), tags=spec.tags,
+                     parent_run_id=spec.parent_run_id) as logger:
+        if spec.on_start:
+            spec.on_start(logger.run_id)
         result = train(cfg, workspace.data, workspace.device,
                        LoggingCallbacks(logger, workspace.renderer, callbacks))
-        finish_run(logger, result, end_tags)
+        finish_run(logger, result, spec.end_tags)
     return RunOutcome(logger.run_id, result, workspace.device)

@@ -8,7 +8,8 @@ import torch
 from harness.core import config, data as data_lib
 
 from harness.trainers import fused_cpu
-from harness.trainers.batched import BatchResult, loss_and_accuracy, one_call_run, one_kernel_step, stacked_parameters, train_batch
+from harness.trainers.batched import BatchResult, loss_and_accuracy, stacked_parameters, train_batch
+from harness.trainers.registry import choose
 from harness.core.model import create
 from harness.core.runtime import init_generator
 from harness.core.train import METRICS, train
@@ -43,12 +44,14 @@ def assert_same_curves(cfgs, batch: BatchResult, wine, cpu, exact_at_divergence:
         assert batched.iterations_to_target == single.iterations_to_target
 
 
-@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch-ops"])
+@pytest.mark.parametrize("trainer", ["auto", "torch"], ids=["kernels", "torch-ops"])
 @pytest.mark.parametrize("hidden, features", [([32], ["alcohol", "color_intensity"]), ([16, 8], "all")])
-def test_each_model_follows_its_single_model_curve(hidden, features, kernels, cpu):
+def test_each_model_follows_its_single_model_curve(hidden, features, trainer, cpu):
     cfgs = configs(hidden=hidden, features=features)
     wine = data_lib.load(cfgs[0], cpu)
-    assert_same_curves(cfgs, train_batch(cfgs, wine, cpu, kernels=kernels), wine, cpu)
+    batch = train_batch(cfgs, wine, cpu, trainer=trainer)
+    assert batch.trainer == choose(cfgs, cpu, drawing=False, name=trainer).name
+    assert_same_curves(cfgs, batch, wine, cpu)
 
 
 needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="needs a C compiler")
@@ -62,7 +65,7 @@ def test_cpu_kernel_follows_every_single_model_curve(hidden, features, cpu):
     common = dict(hidden=hidden, features=features)
     cfgs = configs(**common) + [config.build({"device": "cpu", "iterations": 30, "seed": 6, "lr": 1e6, **common})]
     cfgs += [config.build({"device": "cpu", "iterations": 40, "seed": s, "lr": 0.5, **common}) for s in range(10, 45)]
-    assert one_call_run(cfgs, cpu) is fused_cpu.train
+    assert choose(cfgs, cpu, drawing=True).name == "fused_cpu"
     wine = data_lib.load(cfgs[0], cpu)
     batch = train_batch(cfgs, wine, cpu)
     assert list(np.flatnonzero(batch.diverged)) == [6]
@@ -79,11 +82,12 @@ def test_the_cpu_kernel_draws_the_boundaries_the_loop_draws(cpu):
     drawn = {}
     for kernels in (True, False):
         calls = drawn[kernels] = []
+        trainer = "fused_cpu" if kernels else "torch"
 
         def record(step, params, models, metrics):
             calls.append((step, models.tolist(), [p[models].clone() for p in params], metrics.copy()))
 
-        train_batch(cfgs, wine, cpu, on_boundary=record, kernels=kernels)
+        train_batch(cfgs, wine, cpu, on_boundary=record, trainer=trainer)
     assert [(step, models) for step, models, _, _ in drawn[True]] == [(step, models) for step, models, _, _ in drawn[False]]
     assert 6 in drawn[True][0][1] and 6 not in drawn[True][-1][1]  # the diverging model: drawn until it diverges
     assert (25, [7]) in [(step, models) for step, models, _, _ in drawn[True]]  # its last step, off its plot_every
@@ -98,9 +102,11 @@ def test_without_a_compiler_the_torch_ops_train(tmp_path, monkeypatch, cpu):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert fused_cpu.library() is None
     cfgs = configs()[:2]
-    assert one_call_run(cfgs, cpu) is None
+    assert choose(cfgs, cpu, drawing=True).name == "torch"
     wine = data_lib.load(cfgs[0], cpu)
-    assert_same_curves(cfgs, train_batch(cfgs, wine, cpu), wine, cpu)
+    batch = train_batch(cfgs, wine, cpu)
+    assert batch.trainer == "torch"
+    assert_same_curves(cfgs, batch, wine, cpu)
 
 
 @needs_compiler
@@ -130,7 +136,7 @@ def test_initial_weights_are_the_single_models(cpu):
 def test_a_diverging_model_stops_and_the_others_go_on(kernels, cpu):
     cfgs = [config.build({"device": "cpu", "iterations": 40, "seed": s, "lr": lr}) for s, lr in [(0, 0.5), (1, 1e6), (2, 0.2)]]
     wine = data_lib.load(cfgs[0], cpu)
-    batch = train_batch(cfgs, wine, cpu, kernels=kernels)
+    batch = train_batch(cfgs, wine, cpu, trainer="auto" if kernels else "torch")
     assert list(batch.diverged) == [False, True, False]
     assert batch.last_step[1] < 40 and batch.last_step[0] == batch.last_step[2] == 40
     assert_same_curves(cfgs, batch, wine, cpu, exact_at_divergence=not kernels)
@@ -161,7 +167,7 @@ def test_cuda_batch_matches_cpu_batch(hidden, features, cpu):
     cfgs += [config.build({"iterations": 40, "seed": s, "lr": 0.5, **common}) for s in range(10, 45)]  # 3 GPU programs
     cuda = torch.device("cuda")
     gpu_data = data_lib.load(cfgs[0], cuda)
-    assert (one_kernel_step(cfgs, gpu_data.n_features, cuda, None) is not None) == (len(hidden) == 1)
+    assert (choose(cfgs, cuda, drawing=False).name == "triton") == (len(hidden) == 1)
     on_gpu = train_batch(cfgs, gpu_data, cuda)
     on_cpu = train_batch(cfgs, data_lib.load(cfgs[0], cpu), cpu)
     assert list(on_gpu.last_step) == list(on_cpu.last_step) and list(on_gpu.diverged) == list(on_cpu.diverged)

@@ -84,7 +84,8 @@ def test_one_hidden_layer_regions_in_c_are_the_torch_ops_regions(cpu):
     """The C grid forward (harness/trainers/fused_cpu.py) draws what batched.forward would: the same
     class at every grid point, for weights small and large, whatever the init."""
     from harness.trainers import fused_cpu
-    from harness.trainers.batched import forward, predicted_classes, stacked_parameters
+    from harness.core.stacked import forward, predicted_classes
+    from harness.trainers.batched import stacked_parameters
 
     if fused_cpu.library() is None:
         pytest.skip("no C compiler here: the torch ops draw every boundary")

@@ -14,7 +14,7 @@ from harness.analysis import compare, seed_scan
 from harness.core import config
 from harness.analysis.compare_config import CompareOptions
 from harness.core.config import ConfigError
-from harness.experiment import record_trained_run
+from harness.experiment import RunSpec, record_trained_run
 from harness.analysis.report import terminal_table, trial_gifs
 from harness.analysis.report_files import write_report
 from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
@@ -64,8 +64,8 @@ def known_study(tmp_path, tracker, cpu):
     for number, (lr, seed, reached, val_accuracy, image_steps) in enumerate(KNOWN + [PRUNED]):
         cfg = config.build({"experiment": experiment, "lr": lr, "seed": seed, "iterations": STEPS - 1, "device": "cpu"})
         images = [(s, Image.new("RGB", (32, 32), color=COLOURS[s // 30])) for s in image_steps]
-        run_id = record_trained_run(cfg, tracker, cpu, known_result(reached, val_accuracy), images,
-                                    run_name=f"trial-{number}", parent_run_id=parent.run_id)
+        run_id, _ = record_trained_run(cfg, tracker, cpu, known_result(reached, val_accuracy), images,
+                                       RunSpec(run_name=f"trial-{number}", parent_run_id=parent.run_id))
         study.add_trial(optuna.trial.create_trial(
             params={"lr": lr, "seed": seed, "iterations": STEPS - 1},
             distributions={"lr": FloatDistribution(1e-3, 1.0, log=True), "seed": IntDistribution(0, 100),
@@ -144,7 +144,8 @@ def test_compare_writes_and_logs_the_report_and_a_gif_per_trial(known_study, tra
     assert "boundary.gif: logged to 0 trial runs (9 had one already)" in again.stdout
     assert (out / "boundaries_lr0.1-1_step0.png").exists() and not (out / "boundaries_lr0.1-1_step30.png").exists()
     second = client.get_run(parent).data.tags["report"]
-    assert second != first and not any("step30" in f.path for f in client.list_artifacts(parent, second.rsplit("/", 1)[0]))
+    assert second != first, again.stdout + again.stderr
+    assert not any("step30" in f.path for f in client.list_artifacts(parent, second.rsplit("/", 1)[0]))
 
 
 def test_a_seed_scan_report_matches_the_scan_and_its_retrained_boundaries(tmp_path, tracker):

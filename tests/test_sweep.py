@@ -517,8 +517,6 @@ def test_ctrl_c_while_a_batch_is_written_keeps_the_trial_handed_over(tmp_path, s
 def test_a_pruner_decides_in_the_kernel_as_in_the_loop(tmp_path, monkeypatch):
     """The median pruner compares a trial with the trials before it: those must be told before
     it is replayed, as the loop tells them before it trains."""
-    import harness.study.trial as sweep_module
-
     text = TINY.replace("[sweep]", "[sweep]\nsampler = \"random\"\npruner = \"median\"").replace(
         "iterations = 30", "iterations = 100").replace(
         "lr = { low = 0.05, high = 1.0, log = true }", "lr = { low = 0.01, high = 1.0, log = true }\nseed = { low = 0, high = 9999 }")
@@ -528,11 +526,14 @@ def test_a_pruner_decides_in_the_kernel_as_in_the_loop(tmp_path, monkeypatch):
         store.mkdir()
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
         monkeypatch.setenv("OPTUNA_STORAGE", f"sqlite:///{store}/optuna.db")
-        if path == "loop":
-            monkeypatch.setattr(sweep_module, "trains_in_one_call", lambda cfg, workspace: False)
-        run_sweep(study_config.load(write(store, text)), trials=12, progress=False)
+        trainer = "fused_cpu" if path == "kernel" else "torch"
+        run_sweep(study_config.load(write(store, f'trainer = "{trainer}"\n' + text)), trials=12, progress=False)
         trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{store}/optuna.db").get_trials()
         states[path] = [(t.state, sorted(t.intermediate_values)) for t in trials]
+        runs = MlflowClient(f"sqlite:///{store}/mlflow.db").search_runs(
+            [e.experiment_id for e in MlflowClient(f"sqlite:///{store}/mlflow.db").search_experiments()],
+            "tags.optuna.trial_number != ''")
+        assert {r.data.tags["trainer"] for r in runs} == {trainer}  # each run records the trainer that ran
     assert TrialState.PRUNED in [state for state, _ in states["loop"]]
     assert states["kernel"] == states["loop"]
 
@@ -551,17 +552,14 @@ def test_a_trial_that_fails_before_training_is_failed_not_left_running(tmp_path,
 def test_a_pruned_trial_ends_where_the_loop_stops_it(tmp_path, stores, monkeypatch, path):
     """The kernel trains a trial to its end, then its steps are replayed: the pruner stops the
     replay where it stops the loop, and the run holds the same steps and images."""
-    import harness.study.trial as sweep_module
-
-    if path == "loop":
-        monkeypatch.setattr(sweep_module, "trains_in_one_call", lambda cfg, workspace: False)
     real = ReportToTrial.on_step
 
     def prune_trial_1_at_step_20(self, step, metrics):
         return real(self, step, metrics) or (self.trial.number == 1 and step == 20)
 
     monkeypatch.setattr(ReportToTrial, "on_step", prune_trial_1_at_step_20)
-    summary = run_sweep(study_config.load(write(tmp_path, TINY)), trials=3, progress=False)
+    trainer = "fused_cpu" if path == "kernel" else "torch"
+    summary = run_sweep(study_config.load(write(tmp_path, f'trainer = "{trainer}"\n' + TINY)), trials=3, progress=False)
     trials = load_study(stores).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
     assert sorted(trials[1].intermediate_values) == [10, 20]

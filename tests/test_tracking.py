@@ -1,4 +1,5 @@
 import os
+from dataclasses import replace
 import re
 import threading
 from pathlib import Path
@@ -11,7 +12,7 @@ from PIL import Image
 from harness.render import images as images_module
 from harness.tracking import writer as writer_module
 
-from harness.experiment import Workspace, run_training
+from harness.experiment import RunSpec, Workspace, run_training
 from harness.tracking.tracker import Tracker
 from harness.core.train import METRICS, Callbacks
 from harness.tracking.writer import WriteError
@@ -71,11 +72,13 @@ class RaiseAt(Callbacks):
             raise self.exc
 
 
+@pytest.mark.parametrize("trainer", ["torch", "auto"])
 @pytest.mark.parametrize("exc, status", [(KeyboardInterrupt(), "KILLED"), (RuntimeError("boom"), "FAILED")])
-def test_interrupted_or_failing_runs_are_closed_with_what_they_logged(tiny_cfg, tracker, exc, status):
+def test_interrupted_or_failing_runs_are_closed_with_what_they_logged(tiny_cfg, tracker, exc, status, trainer):
     started = []
     with pytest.raises(type(exc)):
-        run_training(tiny_cfg, tracker, callbacks=RaiseAt(7, exc), on_start=started.append)
+        run_training(replace(tiny_cfg, trainer=trainer), tracker, spec=RunSpec(on_start=started.append),
+                     callbacks=RaiseAt(7, exc))
     client = MlflowClient(tracker.uri)
     assert client.get_run(started[0]).info.status == status
     steps = sorted(m.step for m in client.get_metric_history(started[0], "val_loss"))

@@ -128,7 +128,7 @@ def run_scan(scan: SeedScan, tracker: Tracker) -> tuple[str, dict]:
         summary = {"reached": len(reached), "diverged": int(batch.diverged.sum()), "train_seconds": train_seconds,
                    **({f"iterations_to_target_{k}": v for k, v in spread(reached).items()} if reached else {})}
         logger.log_metrics(summary)
-        logger.set_tags({"reached_target_seeds": len(reached)})
+        logger.set_tags({"reached_target_seeds": len(reached), "trainer": batch.trainer})
 
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "seeds.csv"

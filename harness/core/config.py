@@ -20,6 +20,7 @@ WINE_SAMPLES = 178
 MIN_SPLIT_SIDE = 3  # a stratified split needs one sample of each of the 3 classes on each side
 INITS = ("default", "xavier_uniform", "kaiming_normal", "normal")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+TRAINER_NAMES = ("auto", "triton", "fused_cpu", "torch")  # declared in harness/trainers/registry.py
 
 
 class ConfigError(ValueError):
@@ -60,6 +61,9 @@ class TrainConfig:
     """side of the boundary image in pixels"""
     device: str = "auto"
     """auto (CUDA, then MPS, then CPU), cpu, cuda or mps"""
+    trainer: str = "auto"
+    """auto (the fastest that covers the config), torch (the loop, or batched torch ops), fused_cpu
+    (compiled C, one hidden layer, CPU) or triton (one hidden layer, CUDA, no boundaries)"""
 
 
 def _type_name(tp: Any) -> str:
@@ -104,6 +108,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError("features: need at least two distinct feature names, or \"all\"")
     choose("init", INITS)
     choose("device", DEVICES)
+    choose("trainer", TRAINER_NAMES)
     positive("lr")
     positive("init_std")
     for key in ("seed", "split_seed"):  # what numpy and scikit-learn take as a seed

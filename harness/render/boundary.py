@@ -16,8 +16,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from harness.trainers import fused_cpu
-from harness.trainers.batched import forward, predicted_classes
+from harness.core.stacked import forward, predicted_classes
 from harness.core.data import Plane
 
 REGION_COLORS = np.array([[251, 180, 174], [179, 205, 227], [204, 235, 197]], dtype=np.uint8)
@@ -72,8 +71,10 @@ def title_text(step: int, loss: float, accuracy: float) -> str:
 
 
 class BoundaryRenderer:
-    def __init__(self, plane: Plane, labels: np.ndarray, class_names, size: int, device: torch.device):
+    def __init__(self, plane: Plane, labels: np.ndarray, class_names, size: int, device: torch.device,
+                 grid_classes=None):
         self.size = size
+        self.grid_classes = grid_classes  # a faster `predict_regions_batched` for one hidden layer, or None
         self.extent = plane_extent(plane.points)
 
         # the static layer, drawn once on a transparent canvas
@@ -152,13 +153,14 @@ class BoundaryRenderer:
 
     @torch.no_grad()
     def predict_regions_batched(self, params: list[torch.Tensor], models: torch.Tensor) -> np.ndarray:
-        """Regions of several stacked models (see harness.trainers.batched). One hidden layer on the CPU
-        goes through C (harness/trainers/fused_cpu.py); otherwise the torch ops, GRID_CHUNK grid points x
+        """Regions of several stacked models (see harness.core.stacked). One hidden layer on the CPU
+        goes through `grid_classes` where the caller gave one (the C kernel's,
+        harness/trainers/fused_cpu.py); otherwise the torch ops, GRID_CHUNK grid points x
         models at a time: the hidden activations of 20 models over the whole grid are 60 MB, a
         chunk's fit in a core's cache (3x faster on a CPU), and one model takes few, large chunks."""
         chosen = [p[models] for p in params]
-        if len(chosen) == 4 and chosen[2].shape[1] == 3 and self.grid_t.device.type == "cpu":
-            classes = fused_cpu.grid_classes(chosen, self.grid_t)
+        if self.grid_classes and len(chosen) == 4 and chosen[2].shape[1] == 3 and self.grid_t.device.type == "cpu":
+            classes = self.grid_classes(chosen, self.grid_t)
             if classes is not None:
                 return classes.numpy().reshape(len(models), *self.grid_shape)
         classes = torch.empty(len(models), self.grid_t.shape[1], dtype=torch.uint8, device=self.grid_t.device)
@@ -225,5 +227,5 @@ def render_with_new_figure(regions: np.ndarray, plane: Plane, labels: np.ndarray
     return image
 
 
-def renderer_for(data, size: int, device: torch.device) -> BoundaryRenderer:
-    return BoundaryRenderer(data.plane, data.y_train.cpu().numpy(), data.class_names, size, device)
+def renderer_for(data, size: int, device: torch.device, grid_classes=None) -> BoundaryRenderer:
+    return BoundaryRenderer(data.plane, data.y_train.cpu().numpy(), data.class_names, size, device, grid_classes)

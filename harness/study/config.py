@@ -108,6 +108,10 @@ class Sweep:
     def trial_config(self, values: dict[str, Any]) -> TrainConfig:
         return config.build({**self.fixed, **values})
 
+    def corners(self) -> list[TrainConfig]:
+        """The base config with each searched key at each of its extremes (a trainer's check)."""
+        return [self.base] + [self.trial_config({p.name: v}) for p in self.settings.space.values() for v in p.extremes()]
+
     @property
     def max_iterations(self) -> int:
         """The most iterations any trial can run."""

@@ -18,11 +18,10 @@ import torch
 from optuna.trial import TrialState
 
 from harness.study import storage as study_storage
-from harness.trainers.batched import one_call_run, train_batch
-from harness.render.boundary import title_text
 from harness.core.config import TrainConfig
 from harness.errors import ServiceError
-from harness.experiment import Workspace, run_training, start_trained_run
+from harness.experiment import RunSpec, Workspace, draw, run_training, start_trained_run, train_together
+from harness.trainers.registry import choose
 from harness.study.config import PRUNERS, Sweep, SweepConfig
 from harness.tracking.store_check import store_fault, store_folders
 from harness.study.storage import FAILURE_ATTR, RUN_ID_ATTR
@@ -167,17 +166,17 @@ def suggest_config(trial: optuna.Trial, job: Job) -> TrainConfig:
     return job.sweep.trial_config(values)
 
 
-def trial_run(job: Job, trial: optuna.Trial, run_ids: list[str]) -> dict[str, object]:
+def trial_run(job: Job, trial: optuna.Trial, run_ids: list[str], **tags) -> RunSpec:
     """How a trial's MLflow run is named, nested, tagged and linked back to the trial, for both
     `run_training` and `start_trained_run`; the run's id is appended to `run_ids`."""
     def on_start(run_id: str) -> None:
         run_ids.append(run_id)
         trial.set_user_attr(RUN_ID_ATTR, run_id)
 
-    return {"run_name": f"trial-{trial.number}", "parent_run_id": job.parent_run_id,
-            "tags": {"optuna.study_name": job.study_name, "optuna.trial_number": trial.number,
-                     "worker": worker_name()},
-            "on_start": on_start, "end_tags": lambda result: {"optuna.trial_state": state_of(result)}}
+    return RunSpec(run_name=f"trial-{trial.number}", parent_run_id=job.parent_run_id,
+                   tags={"optuna.study_name": job.study_name, "optuna.trial_number": trial.number,
+                         "worker": worker_name(), **tags},
+                   on_start=on_start, end_tags=lambda result: {"optuna.trial_state": state_of(result)})
 
 
 def run_trial(trial: optuna.Trial, cfg: TrainConfig, job: Job, tracker: Tracker, workspace: Workspace) -> None:
@@ -185,7 +184,7 @@ def run_trial(trial: optuna.Trial, cfg: TrainConfig, job: Job, tracker: Tracker,
     fills as it trains, and tell Optuna how it went."""
     run_ids, reports = [], ReportToTrial.for_job(trial, job, cfg)
     try:
-        outcome = run_training(cfg, tracker, workspace, callbacks=reports, **trial_run(job, trial, run_ids))
+        outcome = run_training(cfg, tracker, workspace, trial_run(job, trial, run_ids), callbacks=reports)
     except ServiceError:
         keep_reports(trial, reports.values)
         raise  # the tracking server is gone: the trial is left to the heartbeat check, as a dead worker's
@@ -279,11 +278,6 @@ class OpenRuns:
                 raise
 
 
-def trains_in_one_call(cfg: TrainConfig, workspace: Workspace) -> bool:
-    """Whether the compiled kernel trains this config (harness/trainers/batched.py, `one_call_run`)."""
-    return one_call_run([cfg], workspace.device) is not None
-
-
 def run_trials(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace: Workspace | None,
                open_runs: OpenRuns) -> Workspace:
     """Train the claimed trials, log each as a child run of the study's parent run, and tell
@@ -298,24 +292,17 @@ def run_trials(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace
         cfgs = [suggest_config(trial, job) for trial in trials]
         if len(trials) == 1:
             workspace = Workspace.for_config(cfgs[0], reuse=workspace)
-            if not trains_in_one_call(cfgs[0], workspace):
+            if choose(cfgs[:1], workspace.device, drawing=True).name == "torch":
                 open_runs.close_all()
                 run_trial(trials[0], cfgs[0], job, tracker, workspace)
                 open_runs.done(trials[0])
                 return workspace
         groups: dict[tuple, list[int]] = {}
         for i, cfg in enumerate(cfgs):  # trials that cannot share a batch train in separate ones
-            groups.setdefault((str(cfg.hidden), *Workspace.data_key(cfg)), []).append(i)
+            groups.setdefault((str(cfg.hidden), cfg.trainer, *Workspace.data_key(cfg)), []).append(i)
         for indices in groups.values():
             workspace = Workspace.for_config(cfgs[indices[0]], reuse=workspace)
-            drawn: dict[int, list] = {i: [] for i in indices}
-
-            def keep(step, params, models, metrics):  # the weights to draw: drawn trial by trial, below
-                for j, m in enumerate(models.tolist()):
-                    title = title_text(step, float(metrics[0, j]), float(metrics[1, j]))
-                    drawn[indices[m]].append((step, [p[m].clone() for p in params], title))
-
-            batch = train_batch([cfgs[i] for i in indices], workspace.data, workspace.device, keep)
+            batch, drawn = train_together([cfgs[i] for i in indices], workspace)
             for j, i in enumerate(indices):
                 trial, cfg = trials[i], cfgs[i]
                 if job.sweep.settings.pruner != "none":  # the pruner compares with the trials before
@@ -323,11 +310,10 @@ def run_trials(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace
                 run_ids, reports = [], ReportToTrial.for_job(trial, job, cfg)
                 try:
                     # drawn here, not during training: while the writer writes the trial before
-                    steps, weights, titles = zip(*drawn.pop(i)) if drawn[i] else ((), (), ())
-                    images = zip(steps, workspace.renderer.render_stacked(weights, titles))
+                    images, drawn[j] = draw(workspace, drawn[j]), []
                     logger, result = start_trained_run(
-                        cfg, tracker, workspace.device, batch.result(j, cfg.target_accuracy), list(images),
-                        callbacks=reports, **trial_run(job, trial, run_ids))
+                        cfg, tracker, workspace.device, batch.result(j, cfg.target_accuracy), images,
+                        trial_run(job, trial, run_ids, trainer=batch.trainer), callbacks=reports)
                 except ServiceError:
                     keep_reports(trial, reports.values)
                     raise

@@ -8,9 +8,9 @@ SGD is applied per model. Model k follows the curve that `train.train` gives for
 
 Nothing leaves the device until the end: a model that diverges or reaches its iteration count
 is masked out (its weights stop moving, its metrics stop counting), without a sync per step.
-For one hidden layer, compiled kernels take over: on the CPU the whole run is one call into C
-(harness/trainers/fused_cpu.py), where the torch ops below are the fallback; on CUDA, with nothing to
-draw along the way (the seed scan), a step is one Triton kernel (harness/trainers/fused_triton.py).
+Where a compiled kernel covers the configs (harness/trainers/registry.py), it takes over: on
+the CPU the whole run is one call into C (fused_cpu.py); on CUDA, with nothing to draw along
+the way (the seed scan), a step is one Triton kernel (fused_triton.py).
 """
 
 from dataclasses import dataclass
@@ -23,7 +23,9 @@ from harness.core import model as model_lib
 from harness.core.config import TrainConfig
 from harness.core.data import WineData
 from harness.core.runtime import init_generator
+from harness.core.stacked import forward, predicted_classes
 from harness.core.train import METRICS, TrainResult, first_reaching
+from harness.trainers.registry import SHARED, TORCH_FIELDS, choose
 
 
 @dataclass
@@ -34,6 +36,8 @@ class BatchResult:
     """(K,) the last step each model measured"""
     diverged: np.ndarray
     """(K,) the loss became non-finite at last_step"""
+    trainer: str = "torch"
+    """the trainer that ran (harness/trainers/registry.py)"""
 
     def result(self, k: int, target_accuracy: float) -> TrainResult:
         """Model k's outcome, in the same form as the single-model loop returns it."""
@@ -63,32 +67,6 @@ def stacked_parameters(cfgs: list[TrainConfig], n_inputs: int, device: torch.dev
             model_lib.draw(params[2 * i][k], weight_rule, generator)
             model_lib.draw(params[2 * i + 1][k], bias_rule, generator)
     return [p.to(device) for p in params]
-
-
-def forward(params: list[torch.Tensor], xt: torch.Tensor) -> list[torch.Tensor]:
-    """Activations of all K models on the shared inputs xt (features, N), samples last:
-    [hidden_1, ..., logits], each (K, width, N). Samples last keeps the reductions over the
-    3 classes vectorized over the samples."""
-    activations = []
-    h = xt
-    for i in range(0, len(params), 2):
-        h = torch.matmul(params[i], h).add_(params[i + 1])
-        if i + 2 < len(params):
-            h = h.relu_()
-        activations.append(h)
-    return activations
-
-
-def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
-    """argmax over the classes of (K, classes, N) logits, first of equals, as (K, N).
-    Written out: torch.argmax over a middle dimension of size 3 is dozens of times slower here."""
-    best = logits[:, 0]
-    predicted = torch.zeros(best.shape, dtype=torch.long, device=logits.device)
-    for c in range(1, logits.shape[1]):
-        better = logits[:, c] > best
-        best = torch.where(better, logits[:, c], best)
-        predicted = torch.where(better, c, predicted)
-    return predicted
 
 
 def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor):
@@ -126,9 +104,11 @@ def gradients(trained, xt1, activations, log_probs, onehot, active) -> list[torc
 
 
 def check_compatible(cfgs: list[TrainConfig]) -> None:
+    """Models trained together share what the declarations call SHARED (harness/trainers/registry.py)."""
     first = cfgs[0]
+    shared = [key for key, rule in TORCH_FIELDS.items() if rule == SHARED]
     for cfg in cfgs[1:]:
-        for key in ("hidden", "features", "split_seed", "val_fraction"):
+        for key in shared:
             if getattr(cfg, key) != getattr(first, key):
                 raise ValueError(f"{key}: models trained together must share it ({getattr(first, key)} vs {getattr(cfg, key)})")
 
@@ -138,34 +118,18 @@ def boundary_steps(cfgs: list[TrainConfig]) -> set[int]:
     return {s for c in cfgs for s in range(0, c.iterations + 1, c.plot_every)} | {c.iterations for c in cfgs}
 
 
-def one_kernel_step(cfgs: list[TrainConfig], n_features: int, device: torch.device, on_boundary):
-    """On CUDA, for one hidden layer of a size the kernel holds in registers and no boundary to
-    draw, a step is one Triton kernel (harness/trainers/fused_triton.py); None where the torch ops below run."""
-    if on_boundary is not None or device.type != "cuda" or len(cfgs[0].hidden) != 1:
-        return None
-    from harness.trainers import fused_triton as fused  # imports Triton, which comes with PyTorch's CUDA builds only
-    return fused.step if fused.triton is not None and fused.fits(cfgs[0].hidden[0], n_features) else None
-
-
-def one_call_run(cfgs: list[TrainConfig], device: torch.device):
-    """On the CPU, for one hidden layer, the whole run is one call into compiled C
-    (harness/trainers/fused_cpu.py); None where it cannot be built, and the torch ops run."""
-    if device.type != "cpu" or len(cfgs[0].hidden) != 1:
-        return None
-    from harness.trainers import fused_cpu
-    return fused_cpu.train if fused_cpu.library() is not None else None
-
-
 @torch.no_grad()
 def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, on_boundary=None,
-                kernels: bool = True) -> BatchResult:
+                trainer: str | None = None) -> BatchResult:
     """Train len(cfgs) models at once; model k follows `train.train(cfgs[k], ...)`.
 
     `on_boundary(step, params, models, metrics)` is called where the single-model loop would
     draw model k's boundary, with the indices of those models and their metrics (4 x len).
-    `kernels=False` keeps to the torch ops where a compiled kernel would run (to compare them).
+    The trainer is the configs' `trainer` (or the `trainer` argument, to compare them), as
+    `registry.choose` resolves it: a compiled kernel where one covers the configs, else torch ops.
     """
     check_compatible(cfgs)
+    chosen = choose(cfgs, device, drawing=on_boundary is not None, name=trainer).name
     k = len(cfgs)
     params = stacked_parameters(cfgs, data.n_features, device)
     trained = [torch.cat(params[:2], dim=2), *params[2:]]  # [W1 | b1], W2, b2, ...
@@ -189,8 +153,11 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
     xt1, xt1_val = with_ones(data.x_train), with_ones(data.x_val)
     onehot = F.one_hot(data.y_train, 3).float().T.contiguous()
 
-    one_kernel = kernels and one_kernel_step(cfgs, data.n_features, device, on_boundary)
-    one_call = kernels and one_call_run(cfgs, device)
+    one_kernel = one_call = None
+    if chosen == "triton":  # a step is one Triton kernel (harness/trainers/fused_triton.py)
+        from harness.trainers.fused_triton import step as one_kernel
+    elif chosen == "fused_cpu":  # the whole run is one call into C (harness/trainers/fused_cpu.py)
+        from harness.trainers.fused_cpu import train as one_call
     if one_call:
         snap_steps = sorted(drawing_steps)
         at = torch.tensor(snap_steps, dtype=torch.long).view(-1, 1)
@@ -243,4 +210,4 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
     measured = torch.arange(steps, device=device)[:, None] <= last_step[None, :]
     history = torch.where(measured, history, float("nan"))
     return BatchResult(history={m: history[i].cpu().numpy() for i, m in enumerate(METRICS)},
-                       last_step=last_step.cpu().numpy(), diverged=diverged.cpu().numpy())
+                       last_step=last_step.cpu().numpy(), diverged=diverged.cpu().numpy(), trainer=chosen)

@@ -1,0 +1,128 @@
+"""Which trainer trains which configs, declared in one place, and the dispatch that asks.
+
+The math of a training step has one definition: the lecture's loop, `core/train.py`. The other
+trainers are faster ways to compute the same curves for many models at once, and each covers
+only part of what a config can say. Each declares, for every field of `TrainConfig`, what it
+does with it:
+
+- FOLLOWED: any valid value, followed model by model exactly as the loop follows it;
+- SHARED: any valid value, but models trained together must share it;
+- OUTSIDE: not read by a training step (where to log, what to measure, how to draw);
+- `Only(...)`: only the values it names; a config with another value is not covered.
+
+`tests/test_trainers.py` fails when a field of `TrainConfig` is not declared for every trainer,
+and the parity tests (tests/test_batched.py) train every declared value against the loop.
+Dispatch (`choose`) takes the first trainer in `TRAINERS` that covers every config of a batch,
+or the one the config's `trainer` key names (refused in one line when it does not cover them).
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from harness.core.config import TRAINER_NAMES, ConfigError, TrainConfig
+
+FOLLOWED, SHARED, OUTSIDE = "followed", "shared", "outside"
+
+
+@dataclass(frozen=True)
+class Only:
+    """Only the configs for which `accepts(cfg, device)` holds (device: the resolved one);
+    `says` names what is covered, for the refusal."""
+    accepts: Callable[[TrainConfig, torch.device], bool]
+    says: str
+
+
+@dataclass(frozen=True)
+class Trainer:
+    name: str
+    fields: dict[str, object]
+    """every TrainConfig field: FOLLOWED, SHARED, OUTSIDE or an Only"""
+    draws: bool
+    """can hand out the weights of the steps a boundary is drawn at"""
+    missing: Callable[[], str | None] = lambda: None
+    """why it cannot run on this machine (no compiler, no Triton), or None"""
+
+    def refusal(self, cfgs: list[TrainConfig], device: torch.device, drawing: bool) -> str | None:
+        """Why this trainer does not train these configs here, in a few words; None if it does."""
+        missing = self.missing()
+        if missing:
+            return missing
+        if drawing and not self.draws:
+            return "it draws no boundaries (the seed scan only)"
+        for key, rule in self.fields.items():
+            if isinstance(rule, Only) and not all(rule.accepts(cfg, device) for cfg in cfgs):
+                return f"it trains {rule.says} ({key}={getattr(cfgs[0], key)!r}{f' on {device.type}' if key == 'device' else ''})"
+        return None
+
+
+# What the loop and the batched torch ops do with each field (harness/trainers/batched.py):
+# all of it, on any device. The kernels below start from this and narrow it (`Only` rules are
+# checked in this order: the device first).
+TORCH_FIELDS = {
+    "device": SHARED, "features": SHARED, "split_seed": SHARED, "val_fraction": SHARED, "hidden": SHARED,
+    "trainer": SHARED,
+    "experiment": OUTSIDE, "run_name": OUTSIDE, "target_accuracy": OUTSIDE, "plot_every": OUTSIDE,
+    "image_size": OUTSIDE,
+    "init": FOLLOWED, "init_std": FOLLOWED, "seed": FOLLOWED, "lr": FOLLOWED, "momentum": FOLLOWED,
+    "iterations": FOLLOWED,
+}
+
+
+def one_hidden_layer(cfg: TrainConfig, device: torch.device) -> bool:
+    return len(cfg.hidden) == 1
+
+
+def on(device_type: str) -> Only:
+    return Only(lambda cfg, device: device.type == device_type, f"on {device_type} only")
+
+
+def c_kernel_missing() -> str | None:
+    from harness.trainers import fused_cpu
+    return None if fused_cpu.library() is not None else "no C compiler here built harness/trainers/fused_cpu.c (cc, or $CC)"
+
+
+def triton_fits(cfg: TrainConfig, device: torch.device) -> bool:
+    from harness.trainers import fused_triton
+    return len(cfg.hidden) == 1 and fused_triton.triton is not None and fused_triton.fits(cfg.hidden[0], n_features(cfg))
+
+
+def n_features(cfg: TrainConfig) -> int:
+    from harness.core.config import WINE_FEATURES
+    return len(WINE_FEATURES) if cfg.features == "all" else len(cfg.features)
+
+
+def triton_missing() -> str | None:
+    from harness.trainers import fused_triton
+    return None if fused_triton.triton is not None else "Triton is not installed (it comes with PyTorch's CUDA builds)"
+
+
+TRAINERS = {  # in the order `auto` tries them: the fastest first
+    "triton": Trainer("triton", {**TORCH_FIELDS, "device": on("cuda"),
+                                 "hidden": Only(triton_fits, "one hidden layer that fits the kernel's registers")},
+                      draws=False, missing=triton_missing),
+    "fused_cpu": Trainer("fused_cpu", {**TORCH_FIELDS, "device": on("cpu"),
+                                       "hidden": Only(one_hidden_layer, "one hidden layer")},
+                         draws=True, missing=c_kernel_missing),
+    "torch": Trainer("torch", TORCH_FIELDS, draws=True),
+}
+assert set(TRAINERS) | {"auto"} == set(TRAINER_NAMES)
+
+
+def choose(cfgs: list[TrainConfig], device: torch.device, drawing: bool, name: str | None = None) -> Trainer:
+    """The trainer for models trained together: the one their `trainer` key (or `name`) names,
+    or with `auto` the first that covers them all. A named one that does not is a ConfigError."""
+    name = name or cfgs[0].trainer
+    if name != "auto":
+        trainer = TRAINERS[name]
+        reason = trainer.refusal(cfgs, device, drawing)
+        if reason:
+            raise ConfigError(f"trainer: {name} does not train this config: {reason}; "
+                              f"allowed here: {', '.join(allowed(cfgs, device, drawing))}")
+        return trainer
+    return next(t for t in TRAINERS.values() if t.refusal(cfgs, device, drawing) is None)
+
+
+def allowed(cfgs: list[TrainConfig], device: torch.device, drawing: bool) -> list[str]:
+    return ["auto", *(n for n, t in TRAINERS.items() if t.refusal(cfgs, device, drawing) is None)]
