@@ -16,7 +16,6 @@ from pathlib import Path
 from harness.core.config import ConfigError
 from harness.tracking.sqlite import file_lock
 
-HEADER = b"SQLite format 3\x00"
 STUDY_TAG = "optuna.study_name"  # how MLflow's runs name their study (harness/study/sweep.py)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # the study user attribute naming its MLflow parent run
 
@@ -43,32 +42,45 @@ def damage(path: Path) -> str | None:
 
 
 def unlocked_damage(path: Path) -> str | None:
+    """Read through SQLite only, never with a file of our own: closing any other descriptor of
+    the file would drop this process's POSIX locks on it (one lock table per process and file),
+    and another process could then take the WAL from under this process's open connections
+    (disk I/O errors, writes lost). SQLite shares its descriptors and locks between the
+    connections of a process, so its own connections are safe."""
     if not present(path):
         return None
     size = path.stat().st_size
-    with open(path, "rb") as f:
-        header = f.read(100)
-    if len(header) < 100 or not header.startswith(HEADER):
-        return "not an SQLite database"
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(header[28:32], "big")
     wal = Path(f"{path}-wal")
     pending = wal.exists() and wal.stat().st_size > 0  # a checkpoint cut short (a full disk): the WAL has the pages
-    if header[24:28] == header[92:96] and size < pages * page_size and not pending:  # the header's count is valid
-        return f"truncated: {size} bytes, its header says {pages * page_size}"
     try:
         connection = connect_read_only(path)
         try:
+            page_size, pages = (connection.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count"))
+            if size < pages * page_size and not pending:  # the header's page count (SQLite's, where it is valid)
+                return f"truncated: {size} bytes, its header says {pages * page_size}"
             # alembic's scratch tables are left by a migration cut short (two first runs at once
             # used to do it): every later open of MLflow's store fails on them
             scratch = connection.execute("SELECT name FROM sqlite_master WHERE name LIKE '\\_alembic\\_tmp\\_%' "
                                          "ESCAPE '\\' LIMIT 1").fetchall()
         finally:
             connection.close()
-    except sqlite3.DatabaseError as e:
-        return str(e)
+    except sqlite3.DatabaseError as e:  # SQLite cannot read it: no connection of ours is using it
+        return header_damage(path, pending) or str(e)
     return f"half made: a migration was cut short ({scratch[0][0]} is left)" if scratch else None
+
+
+def header_damage(path: Path, pending: bool) -> str | None:
+    """What SQLite's header says is wrong with a file SQLite cannot read: not a database, or
+    shorter than its page count (where the header's count is valid)."""
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return "not an SQLite database"
+    page_size = int.from_bytes(header[16:18], "big")
+    pages = int.from_bytes(header[28:32], "big") * (65536 if page_size == 1 else page_size)
+    if header[24:28] == header[92:96] and path.stat().st_size < pages and not pending:
+        return f"truncated: {path.stat().st_size} bytes, its header says {pages}"
+    return None
 
 
 def connect_read_only(path: Path) -> sqlite3.Connection:
