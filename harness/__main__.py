@@ -6,11 +6,10 @@ import os
 import shlex
 import tempfile
 import sys
-import warnings
 from pathlib import Path
 
 from harness.core.config import ConfigError
-from harness.errors import FallbackWarning, NothingCompleted, ServiceError
+from harness.errors import NothingCompleted, ServiceError, one_line_warnings
 from harness.signals import exit_code, stop_on_first_interrupt, survive_closed_pipes
 
 DEFAULT_STUDY = "experiments/sweep.toml"  # the study `make sweep` runs, and `make ui` links to
@@ -54,9 +53,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for cfg in sweep.corners():  # a named trainer must train every trial the space can make
         choose([cfg], device, drawing=True)
     if (args.workers or sweep.settings.workers) == 1:
-        from harness.tracking import writer  # a lone worker's writer process (harness/study/trial.py, `work`)
+        from harness.tracking import writer, writer_process  # a lone worker's writer process (harness/study/worker.py, `work`)
 
-        writer.start_early(writer.tracking_uri())
+        writer_process.start_early(writer.tracking_uri())
     from harness.study.sweep import run_sweep
     from harness.study.summary import format_table
 
@@ -249,19 +248,6 @@ def store_urls() -> tuple[str, str]:
     from harness.tracking.writer import tracking_uri
 
     return tracking_uri(), storage_url()
-
-
-def one_line_warnings() -> None:
-    """A fast path that fell back (harness.errors.FallbackWarning) says so in one line."""
-    show = warnings.showwarning
-
-    def shown(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, FallbackWarning):
-            print(f"warning: {message}", file=sys.stderr)
-        else:
-            show(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = shown
 
 
 def main(argv: list[str] | None = None) -> int:

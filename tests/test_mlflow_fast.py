@@ -1,4 +1,5 @@
-"""A batch written with one INSERT leaves the store as MLflow's own log_batch leaves it."""
+"""The fenced MLflow fast paths (harness/tracking/mlflow_fast.py): taken with the versions we
+install, checked at start-up, and leaving the store as MLflow's own calls leave it."""
 
 import math
 
@@ -7,7 +8,9 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-from harness.tracking.metric_rows import log_batch
+from harness.errors import FallbackWarning
+from harness.tracking import mlflow_fast
+from harness.tracking.mlflow_fast import log_batch
 
 KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
@@ -19,6 +22,16 @@ def client(session_store):
     if not isinstance(client.experiment_id, str):
         client.experiment_id = client.experiment_id.experiment_id
     return client
+
+
+@pytest.fixture(autouse=True)
+def fresh_checks(monkeypatch):
+    """Each test starts with the fast paths checked afresh, none turned off, and leaves them so."""
+    monkeypatch.setattr(mlflow_fast, "_off", set())
+    monkeypatch.delenv("WINE_INIT_PUBLIC_API", raising=False)
+    mlflow_fast.fast_paths.cache_clear()
+    yield
+    mlflow_fast.fast_paths.cache_clear()
 
 
 @pytest.fixture
@@ -57,12 +70,19 @@ def batches():
     return [(first, [("lr", "0.1"), ("seed", "7")], [("phase", "one")]), (second, [], [("phase", "two")])]
 
 
-def test_one_insert_stores_what_log_batch_stores(client, log_batch_calls):
+def test_the_fast_paths_are_taken_with_the_installed_versions():
+    """With the versions `make` installs (requirements.lock) and the floor (make test-floor),
+    every check passes: a release that moves an internal fails this before it slows anyone."""
+    assert mlflow_fast.fast_paths() == set(mlflow_fast.PATHS)
+
+
+def test_one_insert_stores_what_log_batch_stores(client, log_batch_calls, monkeypatch):
     runs = []
     for one_insert in (True, False):
+        monkeypatch.setattr(mlflow_fast, "_off", set() if one_insert else {"metric_rows"})
         run_id = client.create_run(client.experiment_id).info.run_id
         for metrics, params, tags in batches():
-            log_batch(client, run_id, metrics, params, tags, one_insert=one_insert)
+            log_batch(client, run_id, metrics, params, tags)
         runs.append(run_id)
         if one_insert:
             assert log_batch_calls == []  # the INSERT did it, not a fallback
@@ -135,20 +155,74 @@ def fails_once(monkeypatch, owner, name: str, error: Exception) -> None:
     # inside the transaction, where MLflow's session maker makes any error an MlflowException
     ("_update_latest_metrics_if_necessary", "_update_latest_metrics_if_necessary() takes 3 positional arguments"),
 ])
-def test_a_store_whose_internals_moved_gets_log_batch_with_one_warning(client, log_batch_calls, monkeypatch, capfd,
+def test_a_store_whose_internals_moved_gets_log_batch_with_one_warning(client, log_batch_calls, monkeypatch,
                                                                        internal, error):
     """The batch is written all the same, by log_batch, and the one-transaction path is not
     tried again."""
     (metrics, params, tags), (more, _, more_tags) = batches()
     run_id = client.create_run(client.experiment_id).info.run_id
     fails_once(monkeypatch, client._tracking_client.store, internal, TypeError(error))
-    assert log_batch(client, run_id, metrics, params, tags) is False
-    assert log_batch(client, run_id, more, [], more_tags, one_insert=False) is False
-    monkeypatch.undo()
+    with pytest.warns(FallbackWarning) as warned:
+        log_batch(client, run_id, metrics, params, tags)
+        assert not mlflow_fast.enabled("metric_rows")
+        log_batch(client, run_id, more, [], more_tags)  # by log_batch too: the path is off now
     assert len(log_batch_calls) == 2
     history, _, stored_params, stored_tags = stored(client, run_id)
     assert len(history["val_loss"]) == 201 and stored_params == {"lr": "0.1", "seed": "7"}
     assert stored_tags == {"phase": "two"}
-    err = capfd.readouterr().err
-    assert "writing with log_batch instead" in err and error in err
-    assert len(err.strip().splitlines()) == 1
+    assert len(warned) == 1
+    message = str(warned[0].message)
+    assert "the metric_rows fast path does not fit this version" in message and "using MlflowClient.log_batch" in message
+    assert error in message
+
+
+@pytest.mark.parametrize("moved", ["signature", "column"])
+def test_a_check_that_fails_at_start_up_leaves_the_path_off_with_one_line(client, log_batch_calls, monkeypatch, moved):
+    """An MLflow whose internals moved: a signature changed, or a table grew a column the rows
+    would leave out. The check sees it before the first write, and log_batch writes."""
+    with monkeypatch.context() as m:
+        if moved == "signature":
+            m.setattr(SqlAlchemyStore, "_update_latest_metrics_if_necessary", lambda self, session, metrics, run: None)
+        else:  # the table has a column the rows would leave out (as if MLflow added is_nan now)
+            m.setattr(mlflow_fast, "METRIC_COLUMNS", mlflow_fast.METRIC_COLUMNS - {"is_nan"})
+        with pytest.warns(FallbackWarning) as warned:
+            assert mlflow_fast.fast_paths() == {"image_files"}
+    err = str(warned[0].message)
+    assert len(warned) == 1 and "the metric_rows fast path does not fit" in err
+    assert ("_update_latest_metrics_if_necessary" if moved == "signature" else "'is_nan'") in err
+    run_id = client.create_run(client.experiment_id).info.run_id
+    log_batch(client, run_id, [("train_loss", 1.0, 1, 0)])
+    assert len(log_batch_calls) == 1 and client.get_metric_history(run_id, "train_loss")[0].value == 1.0
+
+
+def test_wine_init_public_api_turns_the_paths_off(monkeypatch, recwarn):
+    monkeypatch.setenv("WINE_INIT_PUBLIC_API", "metric_rows")
+    assert mlflow_fast.fast_paths() == {"image_files"}
+    mlflow_fast.fast_paths.cache_clear()
+    monkeypatch.setenv("WINE_INIT_PUBLIC_API", "all")
+    assert mlflow_fast.fast_paths() == set()
+    assert len(recwarn) == 0  # asked for: nothing to warn about
+
+
+def test_step_images_go_through_log_image_where_its_layout_moved(session_store, monkeypatch):
+    """An MLflow whose log_image names its files otherwise: each image goes through log_image."""
+    from PIL import Image
+
+    from harness.tracking.tracker import Tracker
+
+    original, calls = MlflowClient.log_image, []
+
+    def log_image(self, run_id, image, **kwargs):  # another layout, as far as the check can tell
+        calls.append(kwargs["step"])
+        return original(self, run_id, image, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_image", log_image)
+    with pytest.warns(FallbackWarning, match="the image_files fast path does not fit"):
+        assert mlflow_fast.fast_paths() == {"metric_rows"}
+    tracker = Tracker(session_store)
+    with tracker.run("tests", "images-by-log-image") as logger:
+        for step in (0, 10):
+            logger.log_image(Image.new("RGB", (64, 64), "red"), key="boundary", step=step)
+    assert calls == [0, 10]
+    assert tracker.image_steps(logger.run_id, "boundary").keys() == {0, 10}
+    assert tracker.get_run(logger.run_id).data.tags[mlflow_fast.LOGGED_IMAGES_TAG] == "True"

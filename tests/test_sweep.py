@@ -20,7 +20,8 @@ from harness.study.summary import draw_figures
 from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR, Budget
 from harness.study.sweep import run_sweep
 from harness.experiment import Workspace
-from harness.study.trial import ReportToTrial, prepare_workspace
+from harness.study.trial import ReportToTrial
+from harness.study.worker import prepare_workspace
 from conftest import PARITY, ROOT, run_cli, wait_until
 from test_tracking import image_steps
 
@@ -117,54 +118,6 @@ def test_continuing_adds_trials_under_the_same_parent(tmp_path, stores):
     assert len([r for r in parents if "mlflow.parentRunId" not in r.data.tags]) == 1
     # different sampler seeds per continuation: no repeated learning rates
     assert len({t.params["lr"] for t in study.get_trials()}) == 5
-
-
-def test_values_written_at_tell_are_those_report_writes(stores, monkeypatch):
-    """With no pruner the sweep writes a trial's intermediate values when it tells it
-    (`record_trial`, one transaction): the same records as `trial.report` and `set_user_attr`."""
-    from harness.study.storage import record_trial
-
-    study = optuna.create_study(storage=stores["OPTUNA_STORAGE"])
-    values = {10: 0.5, 20: float("inf"), 30: -float("inf"), 40: float("nan"), 50: 1e-30}
-    reported, recorded = study.ask(), study.ask()
-    for step, value in values.items():
-        reported.report(value, step)
-    reported.set_user_attr("reached_target", True)
-    # the one transaction, not Optuna's public calls, which record_trial falls back on
-    monkeypatch.setattr(optuna.Trial, "report", None)
-    monkeypatch.setattr(optuna.Trial, "set_user_attr", None)
-    record_trial(recorded, values, {"reached_target": True})
-    record_trial(recorded, {10: 9.0}, {})  # as `report`: the first value of a step stands
-    monkeypatch.undo()
-    for trial in (reported, recorded):
-        study.tell(trial, 1.0)
-    stored = [study.trials[0], study.trials[1]]
-    assert [repr(t.intermediate_values) for t in stored] == [repr(values)] * 2
-    assert stored[1].user_attrs == stored[0].user_attrs == {"reached_target": True}
-    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
-        record_trial(recorded, {60: 1.0}, {})
-
-
-def test_trial_records_fall_back_to_the_public_calls_when_optuna_internals_moved(stores, monkeypatch):
-    """An Optuna whose storage internals take other arguments: the records are written all the
-    same, through `report` and `set_user_attr`, with one FallbackWarning."""
-    from optuna.storages._rdb.storage import RDBStorage
-
-    from harness.errors import FallbackWarning
-    from harness.study.storage import record_trial
-    from test_metric_rows import fails_once
-
-    study = optuna.create_study(storage=stores["OPTUNA_STORAGE"])
-    trial = study.ask()
-
-    fails_once(monkeypatch, RDBStorage, "_set_trial_attr_without_commit",
-               TypeError("_set_trial_attr_without_commit() takes 4 positional arguments but 6 were given"))
-    with pytest.warns(FallbackWarning, match="one-transaction trial records do not fit"):
-        record_trial(trial, {10: 0.5, 20: 0.25}, {"reached_target": True})
-    monkeypatch.undo()
-    study.tell(trial, 1.0)
-    assert study.trials[0].intermediate_values == {10: 0.5, 20: 0.25}
-    assert study.trials[0].user_attrs == {"reached_target": True}
 
 
 def test_a_trial_another_worker_failed_meanwhile_keeps_its_retry(tmp_path, stores):
@@ -488,7 +441,7 @@ def test_ctrl_c_while_a_batch_is_written_keeps_the_trial_handed_over(tmp_path, s
     """A run's writes go to the writer process, and the run is closed once the next one is
     handed over: Ctrl-C in between still closes it FINISHED and its trial COMPLETE (it trained
     to the end); the trials not yet logged are failed."""
-    import harness.study.trial as sweep_module
+    import harness.study.worker as sweep_module
 
     started = []
 
@@ -574,7 +527,8 @@ def test_a_pruned_trial_ends_where_the_loop_stops_it(tmp_path, stores, monkeypat
 
 def test_a_run_whose_writes_fail_fails_its_own_trial_and_the_next_one_goes_on(tmp_path, stores, capsys):
     """Runs are closed one trial late (`OpenRuns`): the failure must stay with its own trial."""
-    from harness.study.trial import Job, OpenRuns
+    from harness.study.open_runs import OpenRuns
+    from harness.study.trial import Job
     from harness.tracking.tracker import Tracker
     from harness.core.train import TrainResult
 

@@ -9,8 +9,8 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from harness.render import images as images_module
-from harness.tracking import writer as writer_module
+from harness.tracking import images as images_module
+from harness.tracking import writer_process as writer_module
 
 from harness.experiment import RunSpec, Workspace, run_training
 from harness.tracking.tracker import Tracker
@@ -433,3 +433,25 @@ def test_a_run_handed_to_a_writer_process_that_died_fails_even_if_another_run_no
         assert MlflowClient(session_store).get_run(first.run_id).info.status == "FAILED"
     finally:
         process_tracker.close()
+
+
+def test_checking_a_store_keeps_this_process_locks_on_it(tmp_path):
+    """The store check reads through SQLite, not with a file of its own: closing one would drop
+    every POSIX lock this process holds on the store, and another process closing its last
+    connection would then take the WAL away from under our open ones (writes lost)."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = Tracker(uri)
+    run = first.open_run("tests", "kept")
+    Tracker(uri)  # checks the store again, while `first` has connections open
+    subprocess.run([sys.executable, "-c", f"from mlflow import MlflowClient; MlflowClient({uri!r}).search_experiments()"],
+                   check=True, capture_output=True)
+    assert (tmp_path / "mlflow.db-wal").exists()  # our connections still hold it
+    first.client.set_tag(run.run_id, "after", "yes")
+    seen = subprocess.run([sys.executable, "-c", f"from mlflow import MlflowClient; "
+                           f"print(MlflowClient({uri!r}).get_run({run.run_id!r}).data.tags['after'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    assert seen == "yes"
+    first.close_run(run, "FINISHED")

@@ -4,8 +4,10 @@ Ratios, not absolute times, are the goals; the absolute times say which machine 
 """
 
 import importlib
+import os
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -49,12 +51,30 @@ def bench_render(quick: bool) -> dict[str, float]:
 # neither MLflow nor Optuna, so they also run on a machine without them (a GPU box, say)
 BENCHES = {"render": ("harness.bench.main", "bench_render"), "seeds": ("harness.bench.seeds", "bench_seeds"),
            "calls": ("harness.bench.sweep", "bench_calls"), "sweep": ("harness.bench.sweep", "bench_sweep"),
-           "workers": ("harness.bench.sweep", "bench_workers")}
+           "workers": ("harness.bench.sweep", "bench_workers"),
+           "fast_paths": ("harness.bench.fast_paths", "bench_fast_paths")}
+
+
+VECTOR_FLAGS = ("avx512f", "avx512_bf16", "avx2", "fma", "avx", "sse4_2", "asimd", "sve", "neon")
+
+
+def cpu_description() -> str:
+    """The CPU's model and the vector extensions the kernels can use: every figure is from them."""
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or "unknown"
+    model = info.get("model name") or info.get("Hardware") or info.get("CPU part") or platform.processor() or "unknown"
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return f"{model} ({' '.join(f for f in VECTOR_FLAGS if f in flags) or 'no vector extensions listed'})"
 
 
 def main(args) -> int:
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, python {platform.python_version()}")
+    print(f"machine: {platform.machine()}, cpu: {cpu_description()}, {os.cpu_count()} cores, "
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, python {platform.python_version()}")
     # torch's first forward and backward pay a one-time start-up: pay it before any clock runs
     cfg = config.build({"device": "cpu", "iterations": 3})
     train(cfg, data_lib.load(cfg, torch.device("cpu")), torch.device("cpu"))

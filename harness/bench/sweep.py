@@ -7,6 +7,7 @@ import os
 import tempfile
 import time
 from contextlib import contextmanager
+from typing import Iterator
 from pathlib import Path
 from statistics import median
 
@@ -15,13 +16,12 @@ import optuna
 
 from harness.study import config as study_config
 
-from harness.tracking import writer
+from harness.tracking import writer_process
 from harness.bench.main import per_call
 from harness.render.boundary import new_figure, title_text
 from harness.experiment import Workspace, run_params
-from harness.tracking.metric_rows import log_batch
 from harness.study.sweep import run_sweep
-from harness.tracking.tracker import Tracker, now_ms, tutorial_run
+from harness.tracking.tracker import Tracker, now_ms
 from harness.core.train import Callbacks, train
 
 SWEEP = """
@@ -64,11 +64,24 @@ def timed_sweep(trials: int, workers: int, batch_size: int = 1) -> float:
     with fresh_stores() as tmp:
         sweep = load_sweep(tmp, batch_size)
         if workers == 1:  # as `harness sweep` starts it, while it imports: not counted, like those imports
-            writer.start_early(os.environ["MLFLOW_TRACKING_URI"])
+            writer_process.start_early(os.environ["MLFLOW_TRACKING_URI"])
             time.sleep(3)
         start = time.perf_counter()
         run_sweep(sweep, trials=trials, workers=workers, progress=False)
         return time.perf_counter() - start
+
+
+@contextmanager
+def tutorial_run(uri: str, experiment: str, run_name: str, params: dict[str, object]) -> Iterator[object]:
+    """The tutorial way of logging, kept only as `make bench`'s reference: MLflow's fluent API,
+    one `log_metric` call per value and one `log_figure` per image."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name):
+        mlflow.log_params(params)
+        yield mlflow
 
 
 class TutorialLogging(Callbacks):
@@ -145,7 +158,9 @@ def bench_calls(quick: bool) -> dict[str, float]:
     from harness.core import config
     from harness.core.model import create
     from harness.core.runtime import seed_everything
-    from harness.study.storage import record_trial
+    from mlflow.entities import Metric
+
+    from harness.study.optuna_fast import record_trial
 
     repeats = 3 if quick else 21
     cfg = config.build({"device": "cpu"})
@@ -163,13 +178,13 @@ def bench_calls(quick: bool) -> dict[str, float]:
 
         def trial_metrics(mlflow_log_batch: bool = False) -> float:
             """One trial's 201 steps x 4 metrics, written as a sweep writes them (one INSERT,
-            harness/tracking/metric_rows.py), or with MLflow's own log_batch, into a run of its own that
+            harness/tracking/mlflow_fast.py), or with MLflow's own log_batch, into a run of its own that
             has its params: seconds, the run's start and end left out."""
             run = tracker.open_run("bench", "metrics", params=run_params(cfg, workspace.device))
             start = time.perf_counter()
             if mlflow_log_batch:
-                log_batch(tracker.client, run.run_id, [(key, value, now_ms(), step) for step in range(201)
-                                                       for key, value in step_metrics.items()], one_insert=False)
+                tracker.client.log_batch(run.run_id, [Metric(key, value, now_ms(), step) for step in range(201)
+                                                      for key, value in step_metrics.items()])
             else:
                 for step in range(201):
                     run.log_metrics(step_metrics, step)

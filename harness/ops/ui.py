@@ -16,7 +16,8 @@ from harness.core.config import ConfigError
 from harness.ops.services import answers, port_taken, stop_group
 from harness.signals import interrupt_once
 from harness.tracking.store_check import read_only_url
-from harness.tracking.tracker import Tracker, experiment_page, tracking_uri
+from harness.tracking.reader import experiment_page
+from harness.tracking.tracker import Tracker, tracking_uri
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 START_TIMEOUT = 120.0  # seconds; a first start creates the database tables

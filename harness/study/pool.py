@@ -10,7 +10,8 @@ import optuna
 
 from harness.signals import stop_on_first_interrupt
 from harness.study.config import Sweep
-from harness.study.trial import Job, prepare_workspace, work
+from harness.study.trial import Job
+from harness.study.worker import prepare_workspace, work
 from harness.study.summary import draw_figures, drawing_cost
 from harness.signals import interrupts_held
 

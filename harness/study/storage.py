@@ -28,7 +28,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.config import ConfigError
-from harness.errors import FallbackWarning
+from harness.study.optuna_fast import record_trial, trial_id
 from harness.tracking.store_check import PARENT_RUN_ATTR, check_file  # noqa: F401  (PARENT_RUN_ATTR: defined with the check that reads it)
 from harness.signals import interrupts_held
 from harness.tracking.sqlite import file_lock, tune_sqlite_connections
@@ -39,10 +39,6 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 RUN_ID_ATTR = "mlflow_run_id"
 SWEEP_ID_ATTR = "sweep_id"  # the command that added a trial: `Budget`
 FAILURE_ATTR = "failure"  # a failed trial's error, in one line
-
-# We drive trials with ask/tell and keep the heartbeat ourselves (see `heartbeat` below).
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def storage_url() -> str:
@@ -109,6 +105,9 @@ def tables_lock(url: str, engine_kwargs: dict) -> Iterator[None]:
 
 def open_storage(url: str, settings: SweepConfig, tracking_uri: str) -> RDBStorage:
     """The study's storage; a wrong URL or password fails here in one line, before any trial."""
+    # we drive trials with ask/tell and keep the heartbeat ourselves (`heartbeat` below)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     engine_kwargs = {}
     if url.startswith("sqlite:///"):
         check_file(Path(url.removeprefix("sqlite:///")))  # a damaged file: one line before Optuna opens it
@@ -204,7 +203,7 @@ def claim_trials(study: optuna.Study, storage: RDBStorage, budget: Budget, most:
                 # retries) a dead trial that has one
                 with interrupts_held():
                     trial = study.ask()
-                    storage.record_heartbeat(trial._trial_id)
+                    storage.record_heartbeat(trial_id(trial))
                 claimed.append(trial)
                 marks = dict(attrs or {})
                 if waiting:
@@ -223,57 +222,6 @@ def claim_trials(study: optuna.Study, storage: RDBStorage, budget: Budget, most:
     return claimed
 
 
-def record_trial(trial: optuna.Trial, intermediate: dict[int, float], user_attrs: dict) -> None:
-    """Write a trial's intermediate values and user attributes in one transaction.
-
-    `trial.report` queries the trial, then the step, then commits, for each value: for a
-    trial's 20 reports about 60 ms of the trainer's time, the largest single cost of a batched
-    sweep. When no pruner reads the values as they come, the sweep writes them all here, with
-    the attributes, just before it tells the trial: the trial is read once and the values
-    inserted together, with RDBStorage's own table models and checks. Where that transaction
-    fails (an Optuna whose internals moved, or a database that refuses the write) it is rolled
-    back and the public calls write the records instead, one commit each; a failure that is not
-    the database's gets a warning line.
-    Raises optuna.exceptions.UpdateFinishedTrialError, as `report` does, for a finished trial.
-    """
-    try:
-        in_one_transaction(trial, intermediate, user_attrs)
-        return
-    except optuna.exceptions.UpdateFinishedTrialError:
-        raise
-    except Exception as e:  # rolled back: nothing of it is written
-        operational = sqlalchemy.exc.OperationalError
-        if not (isinstance(e, operational) or isinstance(e.__cause__, operational)):  # a full disk is no version's fault
-            warnings.warn(f"Optuna {optuna.__version__}: one-transaction trial records do not fit this version "
-                          f"({type(e).__name__}); writing them with trial.report and set_user_attr", FallbackWarning)
-    for step, value in intermediate.items():
-        trial.report(value, step)
-    for key, value in user_attrs.items():
-        trial.set_user_attr(key, value)
-
-
-def in_one_transaction(trial: optuna.Trial, intermediate: dict[int, float], user_attrs: dict) -> None:
-    """`record_trial`'s one transaction, with RDBStorage's internals."""
-    backend = getattr(trial.storage, "_backend", trial.storage)  # under Optuna's _CachedStorage
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-    values = models.TrialIntermediateValueModel
-    to_stored = values.intermediate_value_to_stored_repr
-    set_attr = backend._set_trial_attr_without_commit
-    session_factory = backend.scoped_session
-    trial_id = trial._trial_id
-    with _create_scoped_session(session_factory) as session:
-        backend.check_trial_is_updatable(trial_id, models.TrialModel.find_or_raise_by_id(trial_id, session).state)
-        reported = {step for (step,) in session.query(values.step).filter(values.trial_id == trial_id)}
-        for step, value in intermediate.items():
-            if int(step) not in reported:  # as `report`: the first value of a step stands
-                stored, kind = to_stored(float(value))
-                session.add(values(trial_id=trial_id, step=int(step), intermediate_value=stored,
-                                   intermediate_value_type=kind))
-        for key, value in user_attrs.items():
-            set_attr(session, models.TrialUserAttributeModel, trial_id, key, value)
-
-
 @contextmanager
 def heartbeat(storage: RDBStorage, trial_ids: list[int], interval: int) -> Iterator[None]:
     """Record the trials' heartbeats every `interval` seconds while the body runs."""
@@ -282,8 +230,8 @@ def heartbeat(storage: RDBStorage, trial_ids: list[int], interval: int) -> Itera
     def beat():
         while not stop.wait(interval):
             try:
-                for trial_id in trial_ids:
-                    storage.record_heartbeat(trial_id)
+                for identity in trial_ids:
+                    storage.record_heartbeat(identity)
             except Exception as e:  # a busy or briefly unreachable database: try again next beat
                 print(f"heartbeat not recorded: {e}", file=sys.stderr)
 

@@ -4,15 +4,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # Optuna's matplotlib figures use pyplot
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from optuna.visualization import matplotlib as optuna_plots
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (Optuna's matplotlib figures use pyplot)
-import optuna  # noqa: E402
-from optuna.trial import FrozenTrial, TrialState  # noqa: E402
-from optuna.visualization import matplotlib as optuna_plots  # noqa: E402
-
-from harness.tracking.tracker import RunLogger  # noqa: E402
+from harness.tracking.tracker import RunLogger
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -53,6 +50,7 @@ def drawing_cost(name: str, study: optuna.Study) -> int:
 
 def draw_figures(study: optuna.Study, names: list[str], folder: str) -> list[str]:
     """Optuna's matplotlib figures `names` as `folder/<name>.png`; returns those that could not be made."""
+    plt.switch_backend("agg")  # files only: no window, and no display needed (a worker, a server)
     skipped, plots = [], figures(study)
     for name in names:
         try:

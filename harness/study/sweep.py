@@ -24,7 +24,8 @@ from harness.errors import NothingCompleted, ServiceError
 from harness.core.runtime import resolve_device
 from harness.study.config import Sweep
 from harness.study.storage import FAILURE_ATTR, PARENT_RUN_ATTR, SWEEP_ID_ATTR
-from harness.study.trial import Job, work
+from harness.study.trial import Job
+from harness.study.worker import work
 from harness.study.summary import SweepSummary, draw_figures, summarize
 from harness.tracking.tracker import Tracker, tracking_uri
 from harness.study.pool import WorkerPool

@@ -1,48 +1,31 @@
-"""Step images in MLflow's own layout, written many at a time.
+"""Step images, written many at a time in MLflow's own layout.
 
 `MlflowClient.log_image(key=..., step=...)` writes, per image, a PNG, a 256-px WebP that the
 UI's image grid shows, and the `mlflow.loggedImages` tag: two artifact calls, a tag write and a
 slow WebP encode each time, about 14 ms an image here. `ImageStage` writes the same files under
-the same names (`images/<key>+step+<step>+timestamp+<ms>+<uuid>.png`, and `...+compressed.webp`)
-into a folder, then hands the folder to MLflow with one `log_artifacts` call and sets the tag
-once per run. Where the run's artifacts are a local folder (a store under `mlruns/`), the files
-go straight into it instead, each under a temporary name first and then renamed, so no image is
-ever half-written there: `log_artifacts` would copy every file a second time. The thumbnail is
+the same names (harness/tracking/mlflow_fast.py, the `image_files` fast path) into a folder,
+then hands the folder to MLflow with one `log_artifacts` call and sets the tag once per run.
+Where the run's artifacts are a local folder (a store under `mlruns/`), the files go straight
+into it instead, each under a temporary name first and then renamed, so no image is ever
+half-written there: `log_artifacts` would copy every file a second time. The thumbnail is
 lossless WebP at the fastest method (2 ms instead of 8, and smaller for these flat-coloured
-images). tests/test_tracking.py checks the names and the tag against what `log_image` itself
-writes, so an MLflow that changes its layout fails a test.
+images). Where the fast path is off, each image goes through `log_image` itself.
 """
 
 import io
 import os
-import re
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from PIL import Image
 
-LOGGED_IMAGES_TAG = "mlflow.loggedImages"  # MLflow's mlflow_tags.MLFLOW_LOGGED_IMAGES
-THUMBNAIL_SIZE = 256  # MLflow's multimedia.COMPRESSED_IMAGE_SIZE
+from harness.tracking import mlflow_fast
+from harness.tracking.mlflow_fast import LOGGED_IMAGES_TAG, THUMBNAIL_SIZE, image_filename, local_artifact_dir
+
 BATCH = 32  # images per log_artifacts call; a sweep trial's images (21 by default) go in one
 MAX_AGE_S = 2.0  # a long run's images still reach the UI every couple of seconds
-
-
-def image_filename(key: str, step: int, timestamp_ms: int) -> str:
-    """The artifact path `log_image` gives a step image, without its extension."""
-    return f"images/{re.sub('/', '~', key)}+step+{step}+timestamp+{timestamp_ms}+{uuid.uuid4()}"
-
-
-def full_size_step(artifact_path: str, key: str) -> int | None:
-    """The step of a full-size image `image_filename` named for `key` (the PNG, not its
-    thumbnail); None for any other artifact."""
-    name = artifact_path.rsplit("/", 1)[-1]
-    parts = name.removesuffix(".png").split("+")
-    if name.endswith(".png") and len(parts) >= 3 and parts[0] == re.sub("/", "~", key) and parts[1] == "step":
-        return int(parts[2])
-    return None
 
 
 def thumbnail(image: Image.Image) -> Image.Image:
@@ -58,19 +41,6 @@ def encoded(image: Image.Image) -> tuple[bytes, bytes]:
     image.save(png, format="PNG", compress_level=1)
     thumbnail(image).save(webp, format="WEBP", lossless=True, quality=0, method=0)
     return png.getvalue(), webp.getvalue()
-
-
-def local_artifact_dir(artifact_uri: str, tracking_uri: str | None = None) -> Path | None:
-    """The folder of a run's artifacts when MLflow keeps them on this machine's disk; None
-    otherwise (a server's, or one this process cannot tell)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
-
-    try:
-        repository = get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
-    except Exception:  # log_artifacts will say what is wrong, if anything is
-        return None
-    return Path(repository.artifact_dir) if type(repository) is LocalArtifactRepository else None
 
 
 def write_file(path: Path, data: bytes, scratch: Path) -> None:
@@ -98,10 +68,17 @@ class ImageStage:
         self.staged = 0
         self.first_staged_at = 0.0
         self.tagged = False
-        self.local = local_artifact_dir(artifact_uri or client.get_run(run_id).info.artifact_uri, client.tracking_uri)
+        self.local = None
+        if mlflow_fast.enabled("image_files"):
+            self.local = local_artifact_dir(artifact_uri or client.get_run(run_id).info.artifact_uri, client.tracking_uri)
 
     def add(self, image: "Image.Image | tuple[bytes, bytes]", key: str, step: int, timestamp_ms: int) -> None:
         """Stage a step image, or its two files already `encoded`."""
+        if not mlflow_fast.enabled("image_files"):  # MLflow's own way, one image at a time
+            if isinstance(image, tuple):
+                image = Image.open(io.BytesIO(image[0]))
+            self.client.log_image(self.run_id, image, key=key, step=step, timestamp=timestamp_ms)
+            return
         name = image_filename(key, step, timestamp_ms)
         png, webp = image if isinstance(image, tuple) else encoded(image)
         if self.local is not None:

@@ -1,10 +1,10 @@
 """Everything MLflow, behind one small module and its writer (harness/tracking/writer.py, with
-harness/render/images.py and harness/tracking/metric_rows.py), the only ones that import mlflow.
+harness/tracking/images.py and harness/tracking/mlflow_fast.py), the only ones that import mlflow.
 
 Runs are always closed: FINISHED when the body returns, KILLED on Ctrl-C, FAILED on any other
 exception, and only after every write they were given is in the store. Metrics are buffered and
-written in batches of at most 1000 values (one transaction of a SQL store, harness/tracking/metric_rows.py;
-log_batch for a server); images are encoded and written many at a time (harness/render/images.py);
+written in batches of at most 1000 values (one transaction of a SQL store, harness/tracking/mlflow_fast.py;
+log_batch for a server); images are encoded and written many at a time (harness/tracking/images.py);
 both are written by a background thread, or for a sweep on a local store by a writer process
 (MlflowClient with explicit run ids), so training does not wait for them.
 A tracking server (an http URI) is reached through harness/tracking/server.py: bounded retries,
@@ -19,7 +19,6 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 from PIL import Image
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
@@ -28,17 +27,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from harness.tracking import store_check, server as tracking_server
 from harness.core.config import ConfigError
-from harness.render.images import full_size_step
-from harness.tracking.metric_rows import BATCH_LIMIT
+from harness.tracking.mlflow_fast import BATCH_LIMIT
+from harness.tracking.reader import RunReader
 from harness.tracking.sqlite import file_lock, tune_sqlite_connections
 from harness.tracking.server import TrackingUnavailable
-from harness.tracking.writer import DEFAULT_TRACKING_URI, WriteError, Writer, WriterProcess, tracking_uri
-
-
-def experiment_page(ui_base: str, experiment_id: str) -> str:
-    """An experiment's runs table in the UI. MLflow 3.17 opens an experiment on its GenAI
-    overview unless the URL asks for the model-training view; older UIs ignore the query."""
-    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+from harness.tracking.commands import Batch, Forget, StepImage, WriteImages
+from harness.tracking.writer import WriteError, Writer, tracking_uri
+from harness.tracking.writer_process import WriterProcess
 
 
 def now_ms() -> int:
@@ -88,12 +83,12 @@ class RunLogger:
             tags, self.pending_tags = self.pending_tags[:100], self.pending_tags[100:]
             n = max(0, size - len(params) - len(tags))  # the limit of a call counts all three
             batch, self.pending = self.pending[:n], self.pending[n:]
-            self.writer.submit(("batch", self.run_id, batch, params, tags))
+            self.writer.submit(Batch(self.run_id, batch, params, tags))
 
     def hand_over(self) -> None:
         """Hand every write logged so far to the writer, without waiting for it (see `wait`)."""
         self.flush()
-        self.writer.submit(("images", self.run_id))
+        self.writer.submit(WriteImages(self.run_id))
         self.writer.hand_over(self.run_id)
         self.handed_over = True
 
@@ -125,13 +120,13 @@ class RunLogger:
     def log_image(self, image: Image.Image, key: str, step: int) -> None:
         """A step image, laid out as `MlflowClient.log_image(key=key, step=step)` lays it out."""
         self.handed_over = False
-        self.writer.submit(("image", self.run_id, image, key, step, now_ms(), self.artifact_uri))
+        self.writer.submit(StepImage(self.run_id, image, key, step, now_ms(), self.artifact_uri))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
-class Tracker:
+class Tracker(RunReader):
     """A tracking store: the default SQLite file under mlruns/, or MLFLOW_TRACKING_URI."""
 
     def __init__(self, uri: str | None = None, writer_process: bool = False):
@@ -253,7 +248,7 @@ class Tracker:
             raise
         finally:
             with suppress(WriteError):  # a writer process that died has nothing left to forget
-                self.writer.submit(("forget", logger.run_id))
+                self.writer.submit(Forget(logger.run_id))
         self.client.set_terminated(logger.run_id, status)
 
     @contextmanager
@@ -287,71 +282,3 @@ class Tracker:
         runs = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' "
                                        "and attributes.status = 'RUNNING'", max_results=1000)
         return {r.info.run_id: r.data.tags.get("optuna.trial_number", "") for r in runs}
-
-    def experiment_url(self, experiment: str, ui_base: str = "http://127.0.0.1:5000") -> str:
-        base = self.uri.rstrip("/") if self.is_server else ui_base
-        return experiment_page(base, self.experiment_id(experiment))
-
-    def get_run(self, run_id: str):
-        return self.client.get_run(run_id)
-
-    # reading back, for reports (`make compare`)
-
-    def metric_histories(self, run_id: str, keys: list[str]) -> dict[str, np.ndarray]:
-        """Each metric's values at steps 0..last, in step order (NaN where a step is missing)."""
-        out = {}
-        for key in keys:
-            points = self.client.get_metric_history(run_id, key)
-            values = np.full(max((m.step for m in points), default=-1) + 1, np.nan)
-            for m in points:
-                values[m.step] = m.value
-            out[key] = values
-        return out
-
-    def image_steps(self, run_id: str, key: str) -> dict[int, str]:
-        """step -> artifact path of the full-size image that `log_image(key=..., step=...)` wrote."""
-        steps = {}
-        for info in self.client.list_artifacts(run_id, "images"):
-            step = full_size_step(info.path, key)
-            if step is not None:
-                steps[step] = info.path
-        return steps
-
-    def has_artifact(self, run_id: str, path: str) -> bool:
-        folder, _, _ = path.rpartition("/")
-        return any(info.path == path for info in self.client.list_artifacts(run_id, folder or None))
-
-    def download(self, run_id: str, path: str, destination: str | Path) -> Path:
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per call is noise
-        return Path(self.client.download_artifacts(run_id, path, str(destination)))
-
-    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
-
-    def latest_run(self, experiment: str, tag: str, value: str):
-        """The newest finished run of `experiment` tagged `tag = value`, or None."""
-        experiment_id = self.find_experiment_id(experiment)
-        if experiment_id is None:
-            return None
-        runs = self.client.search_runs([experiment_id], f"tags.{tag} = '{value}' and attributes.status = 'FINISHED'",
-                                       order_by=["attributes.start_time DESC"], max_results=1)
-        return runs[0] if runs else None
-
-    def ui_command(self) -> str:
-        """How to start a UI over this store; nothing for a server, which serves its own."""
-        if self.is_server:
-            return ""
-        return "make ui" if self.uri == DEFAULT_TRACKING_URI else f"mlflow ui --backend-store-uri {self.uri}"
-
-
-@contextmanager
-def tutorial_run(uri: str, experiment: str, run_name: str, params: dict[str, object]) -> Iterator[object]:
-    """The tutorial way of logging, kept only as `make bench`'s reference: MLflow's fluent API,
-    one `log_metric` call per value and one `log_figure` per image."""
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name):
-        mlflow.log_params(params)
-        yield mlflow
