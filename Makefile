@@ -34,7 +34,7 @@ option = $(if $(value $(2)),$(1) $(call quoted,$(2)))
 positional = $(if $(value $(1)),$(call quoted,$(1)))
 # make would also put command-line variables in the commands' environment, expanding them
 # (and a `$(shell ...)` in them) on the way; after the defaults above, as unexport defines them
-unexport TRIALS STUDY WORKERS CONFIG EXPERIMENT SEEDS_CONFIG COUNT RUN STEP PORT BIND PG_PORT MLFLOW_PORT STORAGE TRACKING ARGS
+unexport TRIALS STUDY WORKERS CONFIG EXPERIMENT SEEDS_CONFIG COUNT RUN STEP PORT BIND PG_PORT MLFLOW_PORT STORAGE TRACKING ARGS ONLY
 # sweep options, passed on only when set: make sweep TRIALS=5 STUDY=name WORKERS=2
 SWEEP_ARGS = $(call option,--trials,TRIALS) $(call option,--study,STUDY) $(call option,--workers,WORKERS)
 # compare options: make compare STUDY=name STEP=60 RUN=<seed scan run id>
@@ -113,8 +113,8 @@ test-floor: ## the quick tests again with the lowest MLflow and Optuna versions 
 test-services: $(STAMP) ## the tests against a real PostgreSQL and MLflow server (PostgreSQL must be installed)
 	$(PY) -m pytest -q -m services
 
-bench: $(STAMP) ## speed figures, each against a reference run in the same process
-	$(PY) -m harness bench
+bench: $(STAMP) ## speed figures, each against a reference run in the same process (ONLY=fast_paths: one of them)
+	$(PY) -m harness bench $(call option,--only,ONLY)
 
 clean: ## remove the venv (mlruns/ is kept: it is your tracking data)
 	rm -rf $(VENV)

@@ -55,7 +55,7 @@ def nearest_indices(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def is_harness_mlp(model: nn.Module) -> bool:
-    """Laid out as harness.core.model.build_mlp lays it out, which is what batched.forward computes:
+    """Laid out as harness.core.model.build_mlp lays it out, which is what stacked.forward computes (harness/core/stacked.py):
     Linear, then (ReLU, Linear) pairs, every Linear with its bias, 3 outputs."""
     if not isinstance(model, nn.Sequential) or len(model) % 2 == 0:
         return False

@@ -1,8 +1,10 @@
 """A sweep's worker: claim trials from the shared study until the budget is spent, train them
 (as one batched computation where they share an architecture, harness/trainers/), log each as a
-nested MLflow run and tell Optuna how it went. On the CPU the training is the compiled kernel's,
-and its result is replayed step by step through the lecture loop's callbacks (`run_trials`);
-elsewhere it is `make train`'s loop. Workers, in this process or in others, share the study.
+nested MLflow run and tell Optuna how it went. The trials' trainer is the one their config
+chooses (harness/trainers/registry.py): a kernel's result is replayed step by step through the
+lecture loop's callbacks (`run_trials`); a lone trial that only the torch path covers trains in
+`make train`'s loop, a batch of them in the batched torch ops. Workers, in this process or in
+others, share the study.
 """
 
 import sys

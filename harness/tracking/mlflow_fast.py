@@ -6,7 +6,7 @@
   that SQLAlchemy flushes one at a time: about 100 ms for a trial's 804 values. Here the same
   rows go in one multi-row INSERT into the store's own `metrics` table, `latest_metrics` is
   brought up to date by the store's own method, and params and tags are written as the store
-  writes them, after the store's own checks: 12-20 ms. (tests/test_metric_rows.py compares the
+  writes them, after the store's own checks: 12-20 ms. (tests/test_mlflow_fast.py compares the
   rows with log_batch's.)
 - `image_files`: step images written in `MlflowClient.log_image`'s file layout (a PNG, a WebP
   thumbnail, the `mlflow.loggedImages` tag), many per `log_artifacts` call or straight into a

@@ -1,5 +1,6 @@
-"""Everything MLflow, behind one small module and its writer (harness/tracking/writer.py, with
-harness/tracking/images.py and harness/tracking/mlflow_fast.py), the only ones that import mlflow.
+"""Everything MLflow: runs and their loggers here, the writer (harness/tracking/writer.py and
+writer_process.py) and the fenced fast paths (harness/tracking/mlflow_fast.py). Outside
+harness/tracking/ only `make bench`'s tutorial-style reference imports mlflow.
 
 Runs are always closed: FINISHED when the body returns, KILLED on Ctrl-C, FAILED on any other
 exception, and only after every write they were given is in the store. Metrics are buffered and

@@ -46,7 +46,7 @@ def start_early(tracking_uri: str) -> None:
 
 
 class WriterProcess:
-    """The commands, in a child process (`python -m harness.tracking.writer`), started on the first one.
+    """The commands, in a child process (`python -m harness.tracking.writer_process`), started on the first one.
 
     They go to the child in order from one thread of this process, the sender, which encodes
     each image on the way (16 kB through the socket instead of 150; Pillow lets go of the GIL

@@ -322,7 +322,7 @@ int train_models(int64_t first_model, int64_t end_model, int64_t K, int64_t H, i
 }
 
 /* The class that each of M one-hidden-layer models predicts at each of n points (the first of
-   the largest logits, as batched.predicted_classes): for the boundary images, whose grid has
+   the largest logits, as stacked.predicted_classes): for the boundary images, whose grid has
    tens of thousands of points. Model-major weights as train_models keeps them (w1 (M, H, F + 1)
    with the bias last, w2 (M, 3, H), b2 (M, 3)); grid (F, n) features-major, n a multiple of
    GRID_POINTS; out (M, n). The points sit in the vector lanes; a block of them goes through

@@ -147,7 +147,7 @@ GRID_POINTS = 64  # points per block in grid_classes: its grid's length is a mul
 
 
 def grid_classes(params: list[torch.Tensor], grid_t: torch.Tensor) -> torch.Tensor | None:
-    """batched.predicted_classes(batched.forward(params, grid_t)[-1]) for one-hidden-layer
+    """stacked.predicted_classes(stacked.forward(params, grid_t)[-1]) (harness/core/stacked.py) for one-hidden-layer
     models on the CPU, (M, points) uint8, in C: 4 ms for 20 models over a boundary image's
     grid against 15 ms with the torch ops (same classes; tests/test_boundary.py). None where
     the library cannot be built."""

@@ -121,7 +121,10 @@ def choose(cfgs: list[TrainConfig], device: torch.device, drawing: bool, name: s
             raise ConfigError(f"trainer: {name} does not train this config: {reason}; "
                               f"allowed here: {', '.join(allowed(cfgs, device, drawing))}")
         return trainer
-    return next(t for t in TRAINERS.values() if t.refusal(cfgs, device, drawing) is None)
+    covering = next((t for t in TRAINERS.values() if t.refusal(cfgs, device, drawing) is None), None)
+    if covering is None:  # torch covers every config today; a narrowed declaration must not end here silently
+        raise ConfigError(f"trainer: no trainer covers this config ({TRAINERS['torch'].refusal(cfgs, device, drawing)})")
+    return covering
 
 
 def allowed(cfgs: list[TrainConfig], device: torch.device, drawing: bool) -> list[str]:
