@@ -22,8 +22,7 @@ def timed_make_sweep(trials: int, off: str) -> float:
     saved = os.environ.get("WINE_INIT_PUBLIC_API")
     os.environ["WINE_INIT_PUBLIC_API"] = off
     for fence in (mlflow_fast, optuna_fast):
-        fence.fast_paths.cache_clear()
-        fence._off.clear()
+        fence.reset()
     try:
         with fresh_stores():
             sweep = study_config.load("experiments/sweep.toml")
@@ -35,7 +34,7 @@ def timed_make_sweep(trials: int, off: str) -> float:
     finally:
         os.environ.pop("WINE_INIT_PUBLIC_API") if saved is None else os.environ.__setitem__("WINE_INIT_PUBLIC_API", saved)
         for fence in (mlflow_fast, optuna_fast):
-            fence.fast_paths.cache_clear()
+            fence.reset()
 
 
 def bench_fast_paths(quick: bool) -> dict[str, float]:

@@ -74,6 +74,12 @@ def fast_paths() -> frozenset[str]:
     return frozenset({"trial_records"})
 
 
+def reset() -> None:
+    """Check again at the next use, with every path on that the environment leaves on (`make bench`)."""
+    fast_paths.cache_clear()
+    _off.clear()
+
+
 def enabled(name: str) -> bool:
     return name in fast_paths() and name not in _off
 

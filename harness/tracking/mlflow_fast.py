@@ -114,6 +114,12 @@ def fast_paths() -> frozenset[str]:
     return frozenset(usable)
 
 
+def reset() -> None:
+    """Check again at the next use, with every path on that the environment leaves on (`make bench`)."""
+    fast_paths.cache_clear()
+    _off.clear()
+
+
 def enabled(name: str) -> bool:
     return name in fast_paths() and name not in _off
 
@@ -241,6 +247,12 @@ def local_artifact_dir(artifact_uri: str, tracking_uri: str | None = None) -> Pa
         return Path(repository.artifact_dir) if type(repository) is LocalArtifactRepository else None
     except Exception:  # log_artifacts will say what is wrong, if anything is
         return None
+
+
+def quiet_store_errors() -> None:
+    """MLflow's SQL store logs each error it raises with its traceback; the harness says it in one line."""
+    import logging
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def preload_store() -> None:

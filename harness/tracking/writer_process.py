@@ -4,7 +4,6 @@ The commands (harness/tracking/commands.py) go to the child over a socket pair, 
 from one thread of this process, which encodes each image on the way. See harness/tracking/writer.py.
 """
 
-import logging
 import os
 import pickle
 import queue
@@ -231,7 +230,6 @@ def child(tracking_uri: str, fd: int) -> None:
     """The writer process: carry out commands until told to stop or the parent is gone."""
     for stop in (signal.SIGINT, signal.SIGTERM):  # also sent to a whole process group: the parent decides
         signal.signal(stop, signal.SIG_IGN)
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # its errors go to the parent
     from mlflow import MlflowClient
 
     from harness.errors import one_line_warnings
@@ -239,6 +237,7 @@ def child(tracking_uri: str, fd: int) -> None:
     from harness.tracking.sqlite import tune_sqlite_connections
 
     one_line_warnings()
+    mlflow_fast.quiet_store_errors()  # its errors go to the parent
     mlflow_fast.preload_store()
     mlflow_fast.fast_paths()  # checked now, while the parent starts: one line where a path does not fit
 
