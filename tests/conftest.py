@@ -50,6 +50,20 @@ def cli_env(session_store):
 
 
 @pytest.fixture
+def fresh_fast_paths(monkeypatch):
+    """A test starts with the fenced fast paths checked afresh, none turned off, and leaves them so."""
+    from harness.study import optuna_fast
+    from harness.tracking import mlflow_fast
+
+    monkeypatch.delenv("WINE_INIT_PUBLIC_API", raising=False)
+    for fence in (mlflow_fast, optuna_fast):
+        fence.reset()
+    yield
+    for fence in (mlflow_fast, optuna_fast):
+        fence.reset()
+
+
+@pytest.fixture
 def cpu():
     return torch.device("cpu")
 

@@ -24,14 +24,7 @@ def client(session_store):
     return client
 
 
-@pytest.fixture(autouse=True)
-def fresh_checks(monkeypatch):
-    """Each test starts with the fast paths checked afresh, none turned off, and leaves them so."""
-    monkeypatch.setattr(mlflow_fast, "_off", set())
-    monkeypatch.delenv("WINE_INIT_PUBLIC_API", raising=False)
-    mlflow_fast.fast_paths.cache_clear()
-    yield
-    mlflow_fast.fast_paths.cache_clear()
+pytestmark = pytest.mark.usefixtures("fresh_fast_paths")
 
 
 @pytest.fixture
@@ -73,13 +66,13 @@ def batches():
 def test_the_fast_paths_are_taken_with_the_installed_versions():
     """With the versions `make` installs (requirements.lock) and the floor (make test-floor),
     every check passes: a release that moves an internal fails this before it slows anyone."""
-    assert mlflow_fast.fast_paths() == set(mlflow_fast.PATHS)
+    assert mlflow_fast.fast_paths() == set(mlflow_fast.PATHS.checks)
 
 
 def test_one_insert_stores_what_log_batch_stores(client, log_batch_calls, monkeypatch):
     runs = []
     for one_insert in (True, False):
-        monkeypatch.setattr(mlflow_fast, "_off", set() if one_insert else {"metric_rows"})
+        monkeypatch.setattr(mlflow_fast.PATHS, "off", set() if one_insert else {"metric_rows"})
         run_id = client.create_run(client.experiment_id).info.run_id
         for metrics, params, tags in batches():
             log_batch(client, run_id, metrics, params, tags)
@@ -198,7 +191,7 @@ def test_a_check_that_fails_at_start_up_leaves_the_path_off_with_one_line(client
 def test_wine_init_public_api_turns_the_paths_off(monkeypatch, recwarn):
     monkeypatch.setenv("WINE_INIT_PUBLIC_API", "metric_rows")
     assert mlflow_fast.fast_paths() == {"image_files"}
-    mlflow_fast.fast_paths.cache_clear()
+    mlflow_fast.reset()
     monkeypatch.setenv("WINE_INIT_PUBLIC_API", "all")
     assert mlflow_fast.fast_paths() == set()
     assert len(recwarn) == 0  # asked for: nothing to warn about

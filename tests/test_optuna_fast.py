@@ -13,17 +13,11 @@ from test_mlflow_fast import fails_once
 from test_sweep import stores  # noqa: F401  (a fixture)
 
 
-@pytest.fixture(autouse=True)
-def fresh_checks(monkeypatch):
-    monkeypatch.setattr(optuna_fast, "_off", set())
-    monkeypatch.delenv("WINE_INIT_PUBLIC_API", raising=False)
-    optuna_fast.fast_paths.cache_clear()
-    yield
-    optuna_fast.fast_paths.cache_clear()
+pytestmark = pytest.mark.usefixtures("fresh_fast_paths")
 
 
 def test_the_fast_path_is_taken_with_the_installed_versions():
-    assert optuna_fast.fast_paths() == set(optuna_fast.PATHS)
+    assert optuna_fast.fast_paths() == set(optuna_fast.PATHS.checks)
 
 
 def test_a_check_that_fails_at_start_up_leaves_the_path_off_with_one_warning(stores, monkeypatch):

@@ -14,7 +14,7 @@ from harness.study import config as study_config, optuna_fast
 from harness.study.sweep import run_sweep
 from harness.tracking import mlflow_fast, writer_process
 
-PATHS = [*mlflow_fast.PATHS, *optuna_fast.PATHS]
+PATHS = [*mlflow_fast.PATHS.checks, *optuna_fast.PATHS.checks]
 
 
 def timed_make_sweep(trials: int, off: str) -> float:

@@ -11,7 +11,7 @@ calls they stand in for.
 - `trial_id`: the storage's id of a trial (heartbeats take it). Optuna keeps it as
   `Trial._trial_id`; the public way asks the storage (two queries).
 
-`fast_paths()` checks once per process, before the first use, that every private name the path
+`PATHS` (harness/fastpaths.py) checks once per process, before the first use, that every private name the path
 needs is there with the signature it expects and that the tables hold the columns it writes.
 A path whose check fails is not used, and one `FallbackWarning` says so (one `warning:` line on
 the command line); so does a call that fails where the public calls then succeed, which turns
@@ -19,19 +19,14 @@ the path off for the rest of the process. `WINE_INIT_PUBLIC_API=trial_records` (
 turns it off by hand. The tested versions are pyproject.toml's range.
 """
 
-import functools
 import inspect
-import os
-import warnings
 
 import optuna
 import sqlalchemy
 
-from harness.errors import FallbackWarning
+from harness.fastpaths import FastPaths
 
-PATHS = {"trial_records": "trial.report and trial.set_user_attr"}
 VALUE_COLUMNS = {"trial_intermediate_value_id", "trial_id", "step", "intermediate_value", "intermediate_value_type"}
-_off: set[str] = set()
 
 
 def check_trial_records() -> str | None:
@@ -58,35 +53,9 @@ def check_trial_records() -> str | None:
     return None
 
 
-@functools.cache
-def fast_paths() -> frozenset[str]:
-    """The fast paths this process may take: checked once, each failure said in one warning."""
-    wanted = os.environ.get("WINE_INIT_PUBLIC_API", "")
-    if "trial_records" in wanted.split(",") or wanted == "all":
-        return frozenset()
-    try:
-        problem = check_trial_records()
-    except (ImportError, AttributeError, TypeError, ValueError) as e:
-        problem = f"{type(e).__name__}: {e}"
-    if problem:
-        say("trial_records", problem)
-        return frozenset()
-    return frozenset({"trial_records"})
-
-
-def reset() -> None:
-    """Check again at the next use, with every path on that the environment leaves on (`make bench`)."""
-    fast_paths.cache_clear()
-    _off.clear()
-
-
-def enabled(name: str) -> bool:
-    return name in fast_paths() and name not in _off
-
-
-def say(name: str, problem: str) -> None:
-    warnings.warn(f"Optuna {optuna.__version__}: the {name} fast path does not fit this version ({problem}); "
-                  f"using {PATHS[name]} instead", FallbackWarning, stacklevel=3)
+PATHS = FastPaths(lambda: f"Optuna {optuna.__version__}",
+                  {"trial_records": (check_trial_records, "trial.report and trial.set_user_attr")})
+fast_paths, enabled, reset = PATHS.usable, PATHS.enabled, PATHS.reset
 
 
 def trial_id(trial: optuna.Trial) -> int:
@@ -114,8 +83,7 @@ def record_trial(trial: optuna.Trial, intermediate: dict[int, float], user_attrs
         except Exception as e:  # rolled back: nothing of it is written
             operational = sqlalchemy.exc.OperationalError
             if not (isinstance(e, operational) or isinstance(e.__cause__, operational)):
-                _off.add("trial_records")
-                say("trial_records", f"{type(e).__name__}: {e}")
+                PATHS.turn_off("trial_records", e)
     for step, value in intermediate.items():
         trial.report(value, step)
     for key, value in user_attrs.items():

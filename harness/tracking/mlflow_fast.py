@@ -13,7 +13,7 @@
   local artifact folder, in place of `log_image` per image (harness/tracking/images.py).
   (tests/test_tracking.py compares the files with log_image's.)
 
-`fast_paths()` checks once per process, before the first use, that every private name a path
+`PATHS` (harness/fastpaths.py) checks once per process, before the first use, that every private name a path
 needs is there with the signature it expects, and that the tables hold the columns it writes
 (a new column would otherwise be left out of the rows). A path whose check fails is not used:
 the public call is, and one line on stderr says so. A call that fails where the public call
@@ -23,12 +23,9 @@ MLflow release that moves these internals slows the harness down, and never fail
 measures what each buys that way). The tested versions are pyproject.toml's range.
 """
 
-import functools
 import inspect
-import os
 import re
 import uuid
-import warnings
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -37,14 +34,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-from harness.errors import FallbackWarning
+from harness.fastpaths import FastPaths
 
-PATHS = {"metric_rows": "MlflowClient.log_batch", "image_files": "MlflowClient.log_image"}
 BATCH_LIMIT = 1000  # MLflow's limit of metric values, params and tags in one log_batch
 METRIC_COLUMNS = {"run_uuid", "key", "value", "timestamp", "step", "is_nan"}
 LOGGED_IMAGES_TAG = "mlflow.loggedImages"
 THUMBNAIL_SIZE = 256
-_off: set[str] = set()  # paths turned off by a failed call, in this process
 
 
 def check_metric_rows() -> str | None:
@@ -95,46 +90,14 @@ def check_image_files() -> str | None:
     return None
 
 
-@functools.cache
-def fast_paths() -> frozenset[str]:
-    """The fast paths this process may take: checked once, each failure said in one line."""
-    wanted = os.environ.get("WINE_INIT_PUBLIC_API", "")
-    usable = set()
-    for name, check in (("metric_rows", check_metric_rows), ("image_files", check_image_files)):
-        if name in wanted.split(",") or wanted == "all":
-            continue
-        try:
-            problem = check()
-        except (ImportError, AttributeError, TypeError, ValueError, OSError) as e:
-            problem = f"{type(e).__name__}: {e}"
-        if problem:
-            say(name, problem)
-        else:
-            usable.add(name)
-    return frozenset(usable)
-
-
-def reset() -> None:
-    """Check again at the next use, with every path on that the environment leaves on (`make bench`)."""
-    fast_paths.cache_clear()
-    _off.clear()
-
-
-def enabled(name: str) -> bool:
-    return name in fast_paths() and name not in _off
-
-
-def say(name: str, problem: str) -> None:
+def mlflow_version() -> str:
     from mlflow.version import VERSION
-    warnings.warn(f"MLflow {VERSION}: the {name} fast path does not fit this version ({problem}); "
-                  f"using {PATHS[name]} instead", FallbackWarning, stacklevel=3)
+    return f"MLflow {VERSION}"
 
 
-def turn_off(name: str, error: BaseException) -> None:
-    """A call of the path failed where the public call then worked: not used again here."""
-    if name not in _off:
-        _off.add(name)
-        say(name, f"{type(error).__name__}: {error}")
+PATHS = FastPaths(mlflow_version, {"metric_rows": (check_metric_rows, "MlflowClient.log_batch"),
+                                   "image_files": (check_image_files, "MlflowClient.log_image")})
+fast_paths, enabled, reset = PATHS.usable, PATHS.enabled, PATHS.reset
 
 
 # metric_rows
@@ -155,7 +118,7 @@ def log_batch(client: MlflowClient, run_id: str, metrics: list[tuple], params: l
     client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=[Param(*p) for p in params],
                      tags=[RunTag(*t) for t in tags])
     if error is not None:  # log_batch wrote what the one transaction could not: it does not fit
-        turn_off("metric_rows", error)
+        PATHS.turn_off("metric_rows", error)
 
 
 def in_one_transaction(client: MlflowClient, run_id: str, metrics: list[tuple], params, tags) -> bool:
