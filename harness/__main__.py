@@ -46,12 +46,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from harness.study import config as study_config
 
     sweep = study_config.load(args.experiment, args.set)  # a bad key fails here, before the heavy imports
-    from harness.core.runtime import resolve_device
-    from harness.trainers.registry import choose
-
-    device = resolve_device(sweep.base.device)
-    for cfg in sweep.corners():  # a named trainer must train every trial the space can make
-        choose([cfg], device, drawing=True)
     if (args.workers or sweep.settings.workers) == 1:
         from harness.tracking import writer, writer_process  # a lone worker's writer process (harness/study/worker.py, `work`)
 

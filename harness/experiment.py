@@ -45,7 +45,7 @@ class Workspace:
 
     @staticmethod
     def data_key(cfg: TrainConfig) -> tuple:
-        return (str(cfg.features), cfg.split_seed, cfg.val_fraction, cfg.image_size, cfg.device)
+        return (str(cfg.features), cfg.split_seed, cfg.val_fraction, cfg.image_size, cfg.device, cfg.trainer == "torch")
 
     @classmethod
     def for_config(cls, cfg: TrainConfig, reuse: "Workspace | None" = None) -> "Workspace":
@@ -55,7 +55,7 @@ class Workspace:
         device = resolve_device(cfg.device)
         data = data_lib.load(cfg, device)
         grid_classes = None
-        if device.type == "cpu":  # the C kernel's grid forward draws one hidden layer's regions, where it builds
+        if device.type == "cpu" and cfg.trainer != "torch":  # the C grid forward draws one hidden layer's regions
             from harness.trainers.fused_cpu import grid_classes
         return cls(device, data, renderer_for(data, cfg.image_size, device, grid_classes), key)
 
@@ -174,12 +174,14 @@ def finish_run(logger: RunLogger, result: TrainResult, end_tags=None, later: boo
 
 def run_training(cfg: TrainConfig, tracker: Tracker, workspace: Workspace | None = None,
                  spec: RunSpec | None = None, callbacks: Callbacks | None = None) -> RunOutcome:
-    """Train `cfg` as one MLflow run; the run is closed whatever happens. The config's trainer
-    (harness/trainers/registry.py) trains it, recorded as the run's `trainer` tag: the lecture's
-    loop logs each step as it trains, a kernel's run is logged as the loop would have logged it."""
+    """Train `cfg` as one MLflow run; the run is closed whatever happens. With `trainer = auto`
+    it is the lecture's loop, which logs each step and image as it trains (a run that fills as
+    you watch, its images streamed to the store however long it runs); a named trainer
+    (harness/trainers/registry.py) trains it otherwise, and its run is logged as the loop would
+    have logged it. The run's `trainer` tag says which."""
     workspace = workspace or Workspace.for_config(cfg)
     spec = spec or RunSpec()
-    trainer = choose([cfg], workspace.device, drawing=True).name
+    trainer = "torch" if cfg.trainer == "auto" else choose([cfg], workspace.device, drawing=True).name
     spec = replace(spec, tags={**spec.tags, "trainer": trainer})
     if trainer != "torch":
         batch, drawn = train_together([cfg], workspace)

@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from harness.tracking import images as images_module
+from harness.tracking import mlflow_fast
 from harness.tracking import writer_process as writer_module
 
 from harness.experiment import RunSpec, Workspace, run_training
@@ -72,9 +73,14 @@ class RaiseAt(Callbacks):
             raise self.exc
 
 
-@pytest.mark.parametrize("trainer", ["torch", "auto"])
+@pytest.mark.parametrize("trainer", ["auto", "fused_cpu"])
 @pytest.mark.parametrize("exc, status", [(KeyboardInterrupt(), "KILLED"), (RuntimeError("boom"), "FAILED")])
 def test_interrupted_or_failing_runs_are_closed_with_what_they_logged(tiny_cfg, tracker, exc, status, trainer):
+    """The loop's run (auto), and a kernel's run logged afterwards (fused_cpu)."""
+    from harness.trainers import fused_cpu
+
+    if trainer == "fused_cpu" and fused_cpu.library() is None:
+        pytest.skip("no C compiler here")
     started = []
     with pytest.raises(type(exc)):
         run_training(replace(tiny_cfg, trainer=trainer), tracker, spec=RunSpec(on_start=started.append),
@@ -230,7 +236,7 @@ def test_step_images_are_laid_out_as_mlflow_log_image_lays_them_out(tracker):
 def test_a_long_run_writes_its_images_before_it_ends(tracker, monkeypatch):
     """Artifacts elsewhere than on this disk (a server's): images go in batches of BATCH."""
     monkeypatch.setattr(images_module, "BATCH", 2)
-    monkeypatch.setattr(images_module, "local_artifact_dir", lambda artifact_uri, tracking_uri=None: None)
+    monkeypatch.setattr(mlflow_fast, "local_artifact_dir", lambda artifact_uri, tracking_uri=None: None)
     logger = tracker.open_run("tests", "images-in-batches")
     for step in range(3):
         logger.log_image(Image.new("RGB", (64, 64)), key="boundary", step=step)
@@ -254,9 +260,9 @@ def test_images_go_straight_into_a_local_artifact_folder(tracker, monkeypatch):
     client = MlflowClient(tracker.uri)
     assert image_steps(client, logger.run_id) == [0, 1, 2]
     tracker.close_run(logger, "FINISHED")
-    folder = images_module.local_artifact_dir(client.get_run(logger.run_id).info.artifact_uri)
+    folder = mlflow_fast.local_artifact_dir(client.get_run(logger.run_id).info.artifact_uri)
     assert sorted(p.relative_to(folder.parent).parts[0] for p in folder.parent.rglob("*") if p.is_file()) == ["artifacts"] * 6
-    assert client.get_run(logger.run_id).data.tags[images_module.LOGGED_IMAGES_TAG] == "True"
+    assert client.get_run(logger.run_id).data.tags[mlflow_fast.LOGGED_IMAGES_TAG] == "True"
 
 
 def test_images_that_cannot_be_written_in_place_go_by_log_artifacts(tracker, monkeypatch):
@@ -280,7 +286,7 @@ def test_images_that_cannot_be_written_in_place_go_by_log_artifacts(tracker, mon
     tracker.close_run(logger, "FINISHED")
     client = MlflowClient(tracker.uri)
     assert image_steps(client, logger.run_id) == [0, 1, 2] and len(calls) == 3
-    folder = images_module.local_artifact_dir(client.get_run(logger.run_id).info.artifact_uri)
+    folder = mlflow_fast.local_artifact_dir(client.get_run(logger.run_id).info.artifact_uri)
     assert not list(folder.parent.glob(".*.partial"))
     assert client.get_run(logger.run_id).info.status == "FINISHED"
 

@@ -135,7 +135,9 @@ def scan_grid(c: Comparison) -> tuple[tuple[str, Figure] | None, str]:
     finished = [curve for curve in shown if curve.finished] or shown
     step = min(curve.last_step for curve in finished) if c.options.step is None else c.options.step
     workspace = Workspace.for_config(c.base)
-    cfgs = [replace(c.base, seed=curve.seed, iterations=max(step, 1), plot_every=max(step, 1)) for curve in shown]
+    # whichever trainer the scan named: this one draws, on this machine (the curves are checked below)
+    cfgs = [replace(c.base, seed=curve.seed, iterations=max(step, 1), plot_every=max(step, 1), trainer="auto")
+            for curve in shown]
     images: dict[int, Image.Image] = {}
 
     def draw(at, params, models, metrics):

@@ -33,7 +33,8 @@ def bench_render(quick: bool) -> dict[str, float]:
     cfg = config.build({"device": "cpu"})
     device = torch.device("cpu")
     wine = data_lib.load(cfg, device)
-    renderer = renderer_for(wine, cfg.image_size, device)
+    from harness.trainers.fused_cpu import grid_classes  # as a sweep on the CPU draws (experiment.Workspace)
+    renderer = renderer_for(wine, cfg.image_size, device, grid_classes)
     model = create(cfg, wine.n_features, seed_everything(0), device)
     labels = wine.y_train.numpy()
 

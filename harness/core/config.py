@@ -62,8 +62,9 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA, then MPS, then CPU), cpu, cuda or mps"""
     trainer: str = "auto"
-    """auto (the fastest that covers the config), torch (the loop, or batched torch ops), fused_cpu
-    (compiled C, one hidden layer, CPU) or triton (one hidden layer, CUDA, no boundaries)"""
+    """auto (one run: the loop, which logs as it trains; sweeps and scans: the fastest that covers
+    the configs), torch (the loop, or batched torch ops), fused_cpu (compiled C, one hidden
+    layer, CPU) or triton (one hidden layer, CUDA, no boundaries)"""
 
 
 def _type_name(tp: Any) -> str:

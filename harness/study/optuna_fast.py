@@ -74,6 +74,7 @@ def record_trial(trial: optuna.Trial, intermediate: dict[int, float], user_attrs
     `trial.report` and `trial.set_user_attr`, one commit each. A database's own refusal (a full
     disk, a lost connection) is no version's fault and leaves the path on.
     Raises optuna.exceptions.UpdateFinishedTrialError, as `report` does, for a finished trial."""
+    error = None
     if enabled("trial_records"):
         try:
             in_one_transaction(trial, intermediate, user_attrs)
@@ -81,13 +82,19 @@ def record_trial(trial: optuna.Trial, intermediate: dict[int, float], user_attrs
         except optuna.exceptions.UpdateFinishedTrialError:
             raise
         except Exception as e:  # rolled back: nothing of it is written
-            operational = sqlalchemy.exc.OperationalError
-            if not (isinstance(e, operational) or isinstance(e.__cause__, operational)):
-                PATHS.turn_off("trial_records", e)
+            error = e
     for step, value in intermediate.items():
         trial.report(value, step)
     for key, value in user_attrs.items():
         trial.set_user_attr(key, value)
+    if error is not None and not transient(error):  # the public calls wrote what it could not: it does not fit
+        PATHS.turn_off("trial_records", error)
+
+
+def transient(error: BaseException) -> bool:
+    """The database's own refusal (locked, a lost connection), which no version causes."""
+    operational = sqlalchemy.exc.OperationalError
+    return isinstance(error, operational) or isinstance(error.__cause__, operational)
 
 
 def in_one_transaction(trial: optuna.Trial, intermediate: dict[int, float], user_attrs: dict) -> None:

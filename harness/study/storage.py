@@ -171,7 +171,7 @@ class Budget:
 
 def budget_count(trials: list[FrozenTrial]) -> int:
     """Trials that count against the budget: all of them, except dead ones that were retried."""
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
     return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
 
 

@@ -26,6 +26,7 @@ from harness.study.config import Sweep
 from harness.study.storage import FAILURE_ATTR, PARENT_RUN_ATTR, SWEEP_ID_ATTR
 from harness.study.trial import Job
 from harness.study.worker import work
+from harness.trainers.registry import choose
 from harness.study.summary import SweepSummary, draw_figures, summarize
 from harness.tracking.tracker import Tracker, tracking_uri
 from harness.study.pool import WorkerPool
@@ -96,7 +97,9 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
     pool = WorkerPool(workers, sweep) if workers > 1 else None  # forked before any database is open
     parent, status, nothing_completed = None, "FAILED", None
     try:
-        resolve_device(sweep.base.device)  # an unavailable device fails here, before any trial
+        device = resolve_device(sweep.base.device)  # an unavailable device fails here, before any trial
+        for cfg in sweep.corners():  # and a named trainer that does not train every trial the space can make
+            choose([cfg], device, drawing=True)
         storage_url = study_storage.storage_url()
         store_check.check_writable(tracking_uri(), storage_url)
         store_check.check_sweep_stores(tracking_uri(), storage_url, study_name)

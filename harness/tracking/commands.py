@@ -11,7 +11,6 @@ first error comes back) and told to `Stop`.
 from dataclasses import dataclass
 from typing import Any
 
-from harness.tracking import mlflow_fast
 from harness.tracking.images import ImageStage
 
 
@@ -92,6 +91,7 @@ class Writes:
     def run(self, command: Command) -> None:
         match command:
             case Batch(run_id, metrics, params, tags):
+                from harness.tracking import mlflow_fast  # MLflow: where a write is carried out only
                 mlflow_fast.log_batch(self.client, run_id, metrics, params, tags)
             case StepImage(run_id, image, key, step, timestamp, artifact_uri):
                 if run_id not in self.stages:

@@ -21,11 +21,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from harness.tracking import mlflow_fast
-from harness.tracking.mlflow_fast import LOGGED_IMAGES_TAG, THUMBNAIL_SIZE, image_filename, local_artifact_dir
-
 BATCH = 32  # images per log_artifacts call; a sweep trial's images (21 by default) go in one
 MAX_AGE_S = 2.0  # a long run's images still reach the UI every couple of seconds
+THUMBNAIL_SIZE = 256  # MLflow's multimedia.COMPRESSED_IMAGE_SIZE (checked by mlflow_fast.check_image_files)
 
 
 def thumbnail(image: Image.Image) -> Image.Image:
@@ -62,6 +60,9 @@ class ImageStage:
 
     def __init__(self, client, run_id: str, artifact_uri: str | None = None):
         """`artifact_uri`: the run's, where the caller knows it (saves reading the run)."""
+        from harness.tracking import mlflow_fast  # MLflow: in the process that writes only
+
+        self.fence = mlflow_fast
         self.client = client
         self.run_id = run_id
         self.folder: Path | None = None
@@ -70,16 +71,16 @@ class ImageStage:
         self.tagged = False
         self.local = None
         if mlflow_fast.enabled("image_files"):
-            self.local = local_artifact_dir(artifact_uri or client.get_run(run_id).info.artifact_uri, client.tracking_uri)
+            self.local = mlflow_fast.local_artifact_dir(artifact_uri or client.get_run(run_id).info.artifact_uri, client.tracking_uri)
 
     def add(self, image: "Image.Image | tuple[bytes, bytes]", key: str, step: int, timestamp_ms: int) -> None:
         """Stage a step image, or its two files already `encoded`."""
-        if not mlflow_fast.enabled("image_files"):  # MLflow's own way, one image at a time
+        if not self.fence.enabled("image_files"):  # MLflow's own way, one image at a time
             if isinstance(image, tuple):
                 image = Image.open(io.BytesIO(image[0]))
             self.client.log_image(self.run_id, image, key=key, step=step, timestamp=timestamp_ms)
             return
-        name = image_filename(key, step, timestamp_ms)
+        name = self.fence.image_filename(key, step, timestamp_ms)
         png, webp = image if isinstance(image, tuple) else encoded(image)
         if self.local is not None:
             try:  # the run's own folder holds its artifacts folder and the partial files
@@ -114,7 +115,7 @@ class ImageStage:
     def tag(self) -> None:
         """The tag by which the UI knows the run has step images, once."""
         if not self.tagged:
-            self.client.set_tag(self.run_id, LOGGED_IMAGES_TAG, "True")
+            self.client.set_tag(self.run_id, self.fence.LOGGED_IMAGES_TAG, "True")
             self.tagged = True
 
     def discard(self) -> None:

@@ -35,11 +35,11 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from harness.fastpaths import FastPaths
+from harness.tracking.images import THUMBNAIL_SIZE
 
 BATCH_LIMIT = 1000  # MLflow's limit of metric values, params and tags in one log_batch
 METRIC_COLUMNS = {"run_uuid", "key", "value", "timestamp", "step", "is_nan"}
 LOGGED_IMAGES_TAG = "mlflow.loggedImages"
-THUMBNAIL_SIZE = 256
 
 
 def check_metric_rows() -> str | None:
@@ -117,8 +117,14 @@ def log_batch(client: MlflowClient, run_id: str, metrics: list[tuple], params: l
             error = e
     client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=[Param(*p) for p in params],
                      tags=[RunTag(*t) for t in tags])
-    if error is not None:  # log_batch wrote what the one transaction could not: it does not fit
+    if error is not None and not transient(error):  # log_batch wrote what the one transaction could not
         PATHS.turn_off("metric_rows", error)
+
+
+def transient(error: BaseException) -> bool:
+    """The database's own refusal (locked, a lost connection: MLflow wraps it), which no version causes."""
+    from sqlalchemy.exc import OperationalError
+    return any(isinstance(e, OperationalError) for e in (error, error.__cause__, error.__context__))
 
 
 def in_one_transaction(client: MlflowClient, run_id: str, metrics: list[tuple], params, tags) -> bool:

@@ -64,6 +64,8 @@ def unlocked_damage(path: Path) -> str | None:
                                          "ESCAPE '\\' LIMIT 1").fetchall()
         finally:
             connection.close()
+    except sqlite3.OperationalError as e:  # locked, unreadable: not the file's content
+        return str(e)
     except sqlite3.DatabaseError as e:  # SQLite cannot read it: no connection of ours is using it
         return header_damage(path, pending) or str(e)
     return f"half made: a migration was cut short ({scratch[0][0]} is left)" if scratch else None

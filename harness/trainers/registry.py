@@ -46,28 +46,32 @@ class Trainer:
 
     def refusal(self, cfgs: list[TrainConfig], device: torch.device, drawing: bool) -> str | None:
         """Why this trainer does not train these configs here, in a few words; None if it does."""
+        if drawing and not self.draws:
+            return "it draws no boundaries (the seed scan only)"
+        device_rule = self.fields["device"]  # first: a kernel for another device is not even looked for
+        if isinstance(device_rule, Only) and not device_rule.accepts(cfgs[0], device):
+            return f"it trains {device_rule.says} (device={cfgs[0].device!r} on {device.type})"
         missing = self.missing()
         if missing:
             return missing
-        if drawing and not self.draws:
-            return "it draws no boundaries (the seed scan only)"
         for key, rule in self.fields.items():
             if isinstance(rule, Only) and not all(rule.accepts(cfg, device) for cfg in cfgs):
-                return f"it trains {rule.says} ({key}={getattr(cfgs[0], key)!r}{f' on {device.type}' if key == 'device' else ''})"
+                return f"it trains {rule.says} ({key}={getattr(cfgs[0], key)!r})"
         return None
 
 
-# What the loop and the batched torch ops do with each field (harness/trainers/batched.py):
-# all of it, on any device. The kernels below start from this and narrow it (`Only` rules are
-# checked in this order: the device first).
-TORCH_FIELDS = {
-    "device": SHARED, "features": SHARED, "split_seed": SHARED, "val_fraction": SHARED, "hidden": SHARED,
-    "trainer": SHARED,
-    "experiment": OUTSIDE, "run_name": OUTSIDE, "target_accuracy": OUTSIDE, "plot_every": OUTSIDE,
-    "image_size": OUTSIDE,
-    "init": FOLLOWED, "init_std": FOLLOWED, "seed": FOLLOWED, "lr": FOLLOWED, "momentum": FOLLOWED,
-    "iterations": FOLLOWED,
-}
+def declare(followed: tuple[str, ...], shared: tuple[str, ...], outside: tuple[str, ...], **only: Only) -> dict:
+    """A trainer's declaration from its own lists: a field in none of them is undeclared, and
+    tests/test_trainers.py fails until each trainer says what it does with it."""
+    return {**{k: FOLLOWED for k in followed}, **{k: SHARED for k in shared}, **{k: OUTSIDE for k in outside}, **only}
+
+
+NOT_TRAINING = ("experiment", "run_name", "target_accuracy", "plot_every", "image_size")  # logging, measuring, drawing
+
+# The loop (core/train.py) and the batched torch ops (batched.py, checked against it): all of it, on any device.
+TORCH_FIELDS = declare(followed=("init", "init_std", "seed", "lr", "momentum", "iterations"),
+                       shared=("device", "features", "split_seed", "val_fraction", "hidden", "trainer"),
+                       outside=NOT_TRAINING)
 
 
 def one_hidden_layer(cfg: TrainConfig, device: torch.device) -> bool:
@@ -99,11 +103,18 @@ def triton_missing() -> str | None:
 
 
 TRAINERS = {  # in the order `auto` tries them: the fastest first
-    "triton": Trainer("triton", {**TORCH_FIELDS, "device": on("cuda"),
-                                 "hidden": Only(triton_fits, "one hidden layer that fits the kernel's registers")},
+    # fused_triton.py: the weights drawn in Python as the loop draws them (every init), per-model
+    # lr, momentum and iteration count in the kernel's arguments; one layer, in registers
+    "triton": Trainer("triton", declare(followed=("init", "init_std", "seed", "lr", "momentum", "iterations"),
+                                        shared=("features", "split_seed", "val_fraction", "trainer"),
+                                        outside=NOT_TRAINING, device=on("cuda"),
+                                        hidden=Only(triton_fits, "one hidden layer that fits the kernel's registers")),
                       draws=False, missing=triton_missing),
-    "fused_cpu": Trainer("fused_cpu", {**TORCH_FIELDS, "device": on("cpu"),
-                                       "hidden": Only(one_hidden_layer, "one hidden layer")},
+    # fused_cpu.c: the same, per model, for one hidden layer of any width
+    "fused_cpu": Trainer("fused_cpu", declare(followed=("init", "init_std", "seed", "lr", "momentum", "iterations"),
+                                              shared=("features", "split_seed", "val_fraction", "trainer"),
+                                              outside=NOT_TRAINING, device=on("cpu"),
+                                              hidden=Only(one_hidden_layer, "one hidden layer")),
                          draws=True, missing=c_kernel_missing),
     "torch": Trainer("torch", TORCH_FIELDS, draws=True),
 }
