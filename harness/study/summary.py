@@ -1,6 +1,7 @@
 """What a sweep leaves on its parent run, and the table it prints at the end."""
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,13 +54,17 @@ def draw_figures(study: optuna.Study, names: list[str], folder: str) -> list[str
     plt.switch_backend("agg")  # files only: no window, and no display needed (a worker, a server)
     skipped, plots = [], figures(study)
     for name in names:
-        try:
-            axes = plots[name]()
-        except (ValueError, RuntimeError, ZeroDivisionError):  # too few complete trials for it
-            skipped.append(name)
-            continue
-        fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-        fig.savefig(Path(folder) / f"{name}.png", dpi=100, bbox_inches="tight")
+        with warnings.catch_warnings():
+            # what Optuna's plots say of a study with few trials (no legend, equal importances,
+            # one value on an axis): the figure is drawn all the same, and the user asked for none of it
+            warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
+            try:
+                axes = plots[name]()
+            except (ValueError, RuntimeError, ZeroDivisionError):  # too few complete trials for it
+                skipped.append(name)
+                continue
+            fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            fig.savefig(Path(folder) / f"{name}.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
     return skipped
 
