@@ -53,7 +53,10 @@ class FastPaths:
         return name in self.usable() and name not in self.off
 
     def turn_off(self, name: str, error: BaseException) -> None:
-        """A call of the path failed where the public call then worked: not used again here."""
+        """A call of the path failed where the public call then worked: not used again here,
+        unless the failure was the database's own (locked, a lost connection), which no version causes."""
+        if transient(error):
+            return
         with self.lock:
             if name in self.off:
                 return
@@ -69,3 +72,9 @@ class FastPaths:
     def say(self, name: str, problem: str) -> None:
         warnings.warn(f"{self.library()}: the {name} fast path does not fit this version ({problem}); "
                       f"using {self.checks[name][1]} instead", FallbackWarning, stacklevel=4)
+
+
+def transient(error: BaseException) -> bool:
+    """A database's refusal (SQLAlchemy's OperationalError, as raised or as the cause a library wrapped)."""
+    from sqlalchemy.exc import OperationalError  # the driver both libraries use
+    return any(isinstance(e, OperationalError) for e in (error, error.__cause__, error.__context__))

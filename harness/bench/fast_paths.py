@@ -6,13 +6,11 @@ A fast path is kept only where it buys at least 10% of the sweep's time (BENCHMA
 """
 
 import os
-import time
 from statistics import median
 
-from harness.bench.sweep import fresh_stores
-from harness.study import config as study_config, optuna_fast
-from harness.study.sweep import run_sweep
-from harness.tracking import mlflow_fast, writer_process
+from harness.bench.sweep import timed_sweep
+from harness.study import optuna_fast
+from harness.tracking import mlflow_fast
 
 PATHS = [*mlflow_fast.PATHS.checks, *optuna_fast.PATHS.checks]
 
@@ -24,13 +22,7 @@ def timed_make_sweep(trials: int, off: str) -> float:
     for fence in (mlflow_fast, optuna_fast):
         fence.reset()
     try:
-        with fresh_stores():
-            sweep = study_config.load("experiments/sweep.toml")
-            writer_process.start_early(os.environ["MLFLOW_TRACKING_URI"])  # as `harness sweep` starts it
-            time.sleep(3)  # its imports, which `harness sweep` overlaps with its own: not counted
-            start = time.perf_counter()
-            run_sweep(sweep, trials=trials, progress=False)
-            return time.perf_counter() - start
+        return timed_sweep(trials, workers=1, sweep_file="experiments/sweep.toml")
     finally:
         os.environ.pop("WINE_INIT_PUBLIC_API") if saved is None else os.environ.__setitem__("WINE_INIT_PUBLIC_API", saved)
         for fence in (mlflow_fast, optuna_fast):

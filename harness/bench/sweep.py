@@ -60,9 +60,10 @@ def load_sweep(tmp: str, batch_size: int = 1) -> study_config.Sweep:
     return study_config.load(path)
 
 
-def timed_sweep(trials: int, workers: int, batch_size: int = 1) -> float:
+def timed_sweep(trials: int, workers: int, batch_size: int = 1, sweep_file: str | None = None) -> float:
+    """Seconds of `run_sweep` in fresh stores: the benchmark's study, or `sweep_file`'s."""
     with fresh_stores() as tmp:
-        sweep = load_sweep(tmp, batch_size)
+        sweep = study_config.load(sweep_file) if sweep_file else load_sweep(tmp, batch_size)
         if workers == 1:  # as `harness sweep` starts it, while it imports: not counted, like those imports
             writer_process.start_early(os.environ["MLFLOW_TRACKING_URI"])
             time.sleep(3)

@@ -22,7 +22,6 @@ turns it off by hand. The tested versions are pyproject.toml's range.
 import inspect
 
 import optuna
-import sqlalchemy
 
 from harness.fastpaths import FastPaths
 
@@ -87,14 +86,8 @@ def record_trial(trial: optuna.Trial, intermediate: dict[int, float], user_attrs
         trial.report(value, step)
     for key, value in user_attrs.items():
         trial.set_user_attr(key, value)
-    if error is not None and not transient(error):  # the public calls wrote what it could not: it does not fit
+    if error is not None:  # the public calls wrote what it could not
         PATHS.turn_off("trial_records", error)
-
-
-def transient(error: BaseException) -> bool:
-    """The database's own refusal (locked, a lost connection), which no version causes."""
-    operational = sqlalchemy.exc.OperationalError
-    return isinstance(error, operational) or isinstance(error.__cause__, operational)
 
 
 def in_one_transaction(trial: optuna.Trial, intermediate: dict[int, float], user_attrs: dict) -> None:

@@ -117,14 +117,8 @@ def log_batch(client: MlflowClient, run_id: str, metrics: list[tuple], params: l
             error = e
     client.log_batch(run_id, metrics=[Metric(*m) for m in metrics], params=[Param(*p) for p in params],
                      tags=[RunTag(*t) for t in tags])
-    if error is not None and not transient(error):  # log_batch wrote what the one transaction could not
+    if error is not None:  # log_batch wrote what the one transaction could not
         PATHS.turn_off("metric_rows", error)
-
-
-def transient(error: BaseException) -> bool:
-    """The database's own refusal (locked, a lost connection: MLflow wraps it), which no version causes."""
-    from sqlalchemy.exc import OperationalError
-    return any(isinstance(e, OperationalError) for e in (error, error.__cause__, error.__context__))
 
 
 def in_one_transaction(client: MlflowClient, run_id: str, metrics: list[tuple], params, tags) -> bool:

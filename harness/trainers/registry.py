@@ -55,7 +55,7 @@ class Trainer:
         if missing:
             return missing
         for key, rule in self.fields.items():
-            if isinstance(rule, Only) and not all(rule.accepts(cfg, device) for cfg in cfgs):
+            if key != "device" and isinstance(rule, Only) and not all(rule.accepts(cfg, device) for cfg in cfgs):
                 return f"it trains {rule.says} ({key}={getattr(cfgs[0], key)!r})"
         return None
 
