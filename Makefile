@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch, unless the venv already has a torch (a GPU user keeps theirs:
 # create .venv with `python3 -m venv --system-site-packages .venv` over a CUDA torch).
 TORCH_SPEC ?= torch==2.13.0
-PORT ?= 5000
+# PORT (make ui, make dashboard) is passed on only when set: each command has its own default
 EXPERIMENT ?= experiments/lecture.toml
 CONFIG ?= experiments/sweep.toml
 SEEDS_CONFIG ?= experiments/seeds.toml
@@ -34,7 +34,7 @@ option = $(if $(value $(2)),$(1) $(call quoted,$(2)))
 positional = $(if $(value $(1)),$(call quoted,$(1)))
 # make would also put command-line variables in the commands' environment, expanding them
 # (and a `$(shell ...)` in them) on the way; after the defaults above, as unexport defines them
-unexport TRIALS STUDY WORKERS CONFIG EXPERIMENT SEEDS_CONFIG COUNT RUN STEP PORT BIND PG_PORT MLFLOW_PORT STORAGE TRACKING ARGS ONLY
+unexport TRIALS STUDY WORKERS CONFIG EXPERIMENT SEEDS_CONFIG COUNT RUN STEP PORT BIND PG_PORT MLFLOW_PORT STORAGE TRACKING ARGS ONLY OUT
 # sweep options, passed on only when set: make sweep TRIALS=5 STUDY=name WORKERS=2
 SWEEP_ARGS = $(call option,--trials,TRIALS) $(call option,--study,STUDY) $(call option,--workers,WORKERS)
 # compare options: make compare STUDY=name STEP=60 RUN=<seed scan run id>
@@ -44,7 +44,7 @@ COMPARE_ARGS = $(call option,--study,STUDY) $(call option,--run,RUN) $(call opti
 TRAIN_ARGS = $(foreach word,$(value ARGS),$(call quote,$(word)))
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock train sweep seeds compare ui test test-slow test-browser test-services test-floor screenshots bench services services-stop worker clean
+.PHONY: help install lock train sweep seeds compare export ui dashboard test test-slow test-browser test-services test-floor screenshots bench services services-stop worker clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -87,8 +87,15 @@ seeds: $(STAMP) ## train many seeds at once as one run (SEEDS_CONFIG=file.toml C
 compare: $(STAMP) ## report how the seed changes convergence (STUDY=name; CONFIG=experiments/seeds.toml: the latest scan; STEP=N)
 	$(PY) -m harness compare $(call positional,CONFIG) $(COMPARE_ARGS)
 
+# `--` first: an OUT that starts with - is a file name, not an option
+export: $(STAMP) ## write a study's trials to a CSV file, one row each: OUT=file.csv (STUDY=name, CONFIG=study file)
+	$(PY) -m harness export $(call option,--study,STUDY) -- $(call positional,CONFIG) $(if $(value OUT),$(call quoted,OUT),$(error OUT=file.csv is needed: make export OUT=trials.csv))
+
 ui: $(STAMP) ## the MLflow UI over mlruns/ on http://127.0.0.1 until Ctrl-C (PORT=5000, CONFIG=study file)
-	$(PY) -m harness ui $(call positional,CONFIG) --port $(call quoted,PORT)
+	$(PY) -m harness ui $(call positional,CONFIG) $(call option,--port,PORT)
+
+dashboard: $(STAMP) ## optuna-dashboard over the study storage on http://127.0.0.1 until Ctrl-C (PORT=8080, STUDY=name, CONFIG=study file)
+	$(PY) -m harness dashboard $(call positional,CONFIG) $(call option,--study,STUDY) $(call option,--port,PORT)
 
 test: $(STAMP) ## run the test suite, less the tests marked slow, browser or services (CI runs them all)
 	$(PY) -m pytest -q -m "not slow and not browser and not services"

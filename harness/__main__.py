@@ -12,7 +12,7 @@ from harness.core.config import ConfigError
 from harness.errors import NothingCompleted, ServiceError, one_line_warnings
 from harness.signals import exit_code, stop_on_first_interrupt, survive_closed_pipes
 
-DEFAULT_STUDY = "experiments/sweep.toml"  # the study `make sweep` runs, and `make ui` links to
+DEFAULT_STUDY = "experiments/sweep.toml"  # the study `make sweep` runs, `make ui` and `make dashboard` link to, `make export` writes
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -27,18 +27,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     workspace = Workspace.for_config(cfg)  # device and data errors surface before any run exists
     choose([cfg], workspace.device, drawing=True)  # and a named trainer that does not train it
+    from harness.core.config import target_points, train_size
+    from harness.progress import StepBar, bar
+
     check_writable(tracking_uri())
     tracker = Tracker()
-    outcome = run_training(cfg, tracker, workspace)
+    with bar(cfg.iterations + 1, f"training lr {cfg.lr:g} seed {cfg.seed}", "step") as steps:
+        outcome = run_training(cfg, tracker, workspace, callbacks=StepBar(steps))
     result = outcome.result
     print(f"run {outcome.run_id} in experiment '{cfg.experiment}' on {outcome.device}")
     print("final  " + "  ".join(f"{k} {v:.4f}" for k, v in result.final.items()))
     if result.diverged:
         print(f"diverged: the loss became non-finite at step {result.last_step}")
-    reached = result.iterations_to_target
-    print(f"iterations_to_target {reached}" if reached is not None
-          else f"never reached train_accuracy {cfg.target_accuracy}")
-    print(f"open the UI: {tracker.ui_command() or tracker.uri}")
+    target = (f"{cfg.target_accuracy:.0%} train accuracy ({target_points(cfg)} of {train_size(cfg)} training points)")
+    if result.iterations_to_target is None:
+        print(f"never reached {target}")
+    else:
+        held = result.iterations_to_target_held
+        print(f"iterations_to_target {result.iterations_to_target}, iterations_to_target_held "
+              f"{held if held is not None else f'none (never held for {cfg.hold_steps} steps)'}: {target}")
+    print(f"the run: {tracker.run_link(outcome.run_id)}")
     return 0
 
 
@@ -83,18 +91,25 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     choose([scan.base], resolve_device(scan.base.device), drawing=False)
     from harness.tracking.tracker import Tracker, tracking_uri
 
+    from harness.core.config import target_points, train_size
+    from harness.progress import Status
+
     check_writable(tracking_uri())
     tracker = Tracker()
-    run_id, summary = seed_scan.run_scan(scan, tracker)
-    print(f"run {run_id} in experiment '{scan.base.experiment}': {scan.count} seeds at lr {scan.base.lr}, "
-          f"{scan.base.iterations} iterations, trained together in {summary['train_seconds']:.1f} s")
-    if summary["reached"]:
-        print(f"reaching {scan.base.target_accuracy:.0%} train accuracy took from "
-              f"{summary['iterations_to_target_min']:.0f} to {summary['iterations_to_target_max']:.0f} iterations "
-              f"(median {summary['iterations_to_target_median']:.0f}, p10 {summary['iterations_to_target_p10']:.0f}, "
-              f"p90 {summary['iterations_to_target_p90']:.0f}) depending only on the seed")
-    print(f"{summary['reached']} of {scan.count} seeds reached the target, {summary['diverged']} diverged")
-    print(f"open the UI: {tracker.ui_command() or tracker.uri}")
+    with Status(f"training {scan.count} seeds together") as status:
+        run_id, summary = seed_scan.run_scan(scan, tracker, status)
+    base = scan.base
+    print(f"run {run_id} in experiment '{base.experiment}': {scan.count} seeds at lr {base.lr:g}, "
+          f"{base.iterations} iterations, trained together in {summary['train_seconds']:.1f} s")
+    print(f"iterations to {base.target_accuracy:.0%} train accuracy ({target_points(base)} of {train_size(base)} "
+          f"training points), depending only on the seed:")
+    for name, what, count in (("iterations_to_target", "first reached", "reached"),
+                              ("iterations_to_target_held", f"held {base.hold_steps} steps", "held")):
+        numbers = (f"{summary[f'{name}_min']:.0f} to {summary[f'{name}_max']:.0f} (median {summary[f'{name}_median']:.0f}, "
+                   f"p10 {summary[f'{name}_p10']:.0f}, p90 {summary[f'{name}_p90']:.0f}); " if summary[count] else "")
+        print(f"  {what}: {numbers}{summary[count]} of {scan.count} seeds")
+    print(f"{summary['diverged']} of {scan.count} seeds diverged")
+    print(f"the run: {tracker.run_link(run_id)}")
     return 0
 
 
@@ -121,29 +136,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from harness.study.storage import storage_url
     from harness.tracking.tracker import Tracker
 
-    if scan:
-        tracker = Tracker()
-        comparison = compare.scan_comparison(args.run, experiment, tracker, options)
-    else:  # a store this process cannot write to is read as it is
-        found = compare.load_study(study, storage_url())  # before the tracking store is touched
-        tracker = Tracker()
-        comparison = compare.study_comparison(found, tracker, options)
-    if args.out:
-        folder = Path(args.out)
-    elif tracker.read_only:  # not beside the store: it cannot be written to
-        folder = Path(tempfile.mkdtemp(prefix=f"wine-init-report-{report_files.folder_name(comparison.name)}-"))
-    else:
-        folder = report_files.default_folder(tracker, comparison.name)
-    path, notes, logged = report_files.write_report(comparison, tracker, folder)
+    from harness.progress import Status
+
+    with Status("reading the seed scan" if scan else f"reading study '{study}'") as status:
+        if scan:
+            tracker = Tracker()
+            comparison = compare.scan_comparison(args.run, experiment, tracker, options)
+        else:  # a store this process cannot write to is read as it is
+            found = compare.load_study(study, storage_url())  # before the tracking store is touched
+            tracker = Tracker()
+            comparison = compare.study_comparison(found, tracker, options, status)
+        if args.out:
+            folder = Path(args.out)
+        elif tracker.read_only:  # not beside the store: it cannot be written to
+            folder = Path(tempfile.mkdtemp(prefix=f"wine-init-report-{report_files.folder_name(comparison.name)}-"))
+        else:
+            folder = report_files.default_folder(tracker, comparison.name)
+        status.set("drawing the report's figures")
+        path, notes, logged = report_files.write_report(comparison, tracker, folder)
+        made = existing = None
+        if comparison.kind == "study" and not tracker.read_only:
+            status.set("making each trial's boundary.gif")
+            made, existing = report.trial_gifs(comparison, tracker)
     print(report.terminal_table(comparison))
     for note in notes:
         print(note)
-    if comparison.kind == "study" and not tracker.read_only:
-        made, existing = report.trial_gifs(comparison, tracker)
+    if made is not None:
         print(f"boundary.gif: logged to {made} trial runs ({existing} had one already)")
     print(f"report: {path} (logged to run {comparison.run_id} as {logged}/)" if logged else
           f"report: {path} (the tracking store is read-only: nothing was logged to it)")
-    print(f"open the UI: {tracker.ui_command() or tracker.uri}")
+    print(f"the run: {tracker.run_link(comparison.run_id)}")
     return 0
 
 
@@ -152,9 +174,46 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from harness.ops import ui
 
     ui.check_host(args.host, args.allow_remote)
-    path = args.experiment or (DEFAULT_STUDY if os.path.exists(DEFAULT_STUDY) else None)
-    experiment = study_config.load(path).base.experiment
+    experiment = study_config.load(study_file(args.experiment)).base.experiment
     return ui.serve(experiment, host=args.host, port=args.port)
+
+
+def study_file(experiment: str | None) -> str | None:
+    """The file naming the study (and its MLflow experiment): the one given, else `make sweep`'s."""
+    return experiment or (DEFAULT_STUDY if os.path.exists(DEFAULT_STUDY) else None)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from harness.study import config as study_config
+    from harness.ops import web_server
+
+    web_server.check_host(args.host, args.allow_remote, "the dashboard")
+    study = args.study or study_config.load(study_file(args.experiment)).settings.study
+    from harness.ops import dashboard
+    from harness.study.storage import storage_url
+
+    return dashboard.serve(storage_url(), study, host=args.host, port=args.port)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.study import config as study_config
+
+    study = args.study or study_config.load(study_file(args.experiment)).settings.study
+    from harness.analysis.compare import load_study
+    from harness.study import export
+    from harness.study.storage import storage_url
+    from harness.tracking.tracker import tracking_uri
+
+    out = Path(args.out)
+    export.check_out(out)
+    found = load_study(study, storage_url())  # read-only; a missing study or store: nothing is created
+    table = export.trial_table(found, export.tracker_for(tracking_uri()))
+    export.write_csv(table, out)
+    print(f"wrote {len(table.rows)} trials of study '{study}' to {out}")
+    if table.runs_missing:
+        print(f"note: {table.runs_missing} trials name an MLflow run that {tracking_uri()} does not hold; "
+              "their metric cells are empty")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -221,6 +280,20 @@ def parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; only loopback addresses)")
     ui.add_argument("--allow-remote", action="store_true", help="bind a non-loopback --host anyway (the UI has no login)")
     ui.set_defaults(func=cmd_ui)
+
+    dashboard = sub.add_parser("dashboard", help="optuna-dashboard over the study storage, on 127.0.0.1 until Ctrl-C")
+    dashboard.add_argument("experiment", nargs="?", help=f"experiment TOML file whose study to link (default: {DEFAULT_STUDY})")
+    dashboard.add_argument("--study", help="study name to link (default: the file's sweep.study)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    dashboard.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; only loopback addresses)")
+    dashboard.add_argument("--allow-remote", action="store_true", help="bind a non-loopback --host anyway (the dashboard has no login)")
+    dashboard.set_defaults(func=cmd_dashboard)
+
+    export = sub.add_parser("export", help="a study's trials as a CSV file: params, final metrics, MLflow run ids")
+    export.add_argument("experiment", nargs="?", help=f"experiment TOML file naming the study (default: {DEFAULT_STUDY})")
+    export.add_argument("out", metavar="OUT.csv", help="the CSV file to write (its folder is made when missing)")
+    export.add_argument("--study", help="study name (default: the file's sweep.study)")
+    export.set_defaults(func=cmd_export)
 
     services = sub.add_parser("services", help="PostgreSQL and an MLflow tracking server on this machine")
     services.add_argument("action", choices=["start", "stop", "status"])

@@ -10,7 +10,7 @@ from torch import nn
 from harness.core import data as data_lib
 from harness.core.config import TrainConfig, flatten
 from harness.core.runtime import resolve_device
-from harness.core.train import Callbacks, TrainResult, first_reaching, record_step, train
+from harness.core.train import CONVERGENCE, Callbacks, TrainResult, record_step, train
 from harness.render.boundary import BoundaryRenderer, renderer_for, title_text
 from harness.tracking.tracker import RunLogger, Tracker
 from harness.trainers.batched import BatchResult, train_batch
@@ -153,8 +153,7 @@ def replay(cfg: TrainConfig, result: TrainResult, images: dict[int, object], log
             break
         if step in images:
             logger.log_image(images[step], key="boundary", step=step)
-    out.iterations_to_target = first_reaching(out.history["train_accuracy"], cfg.target_accuracy)
-    return out
+    return out.measure(cfg)
 
 
 def record_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device, result: TrainResult,
@@ -167,8 +166,7 @@ def record_trained_run(cfg: TrainConfig, tracker: Tracker, device: torch.device,
 
 
 def finish_run(logger: RunLogger, result: TrainResult, end_tags=None, later: bool = False) -> None:
-    if result.iterations_to_target is not None:
-        logger.log_metrics({"iterations_to_target": result.iterations_to_target})
+    logger.log_metrics({name: value for name in CONVERGENCE if (value := getattr(result, name)) is not None})
     logger.set_tags({**outcome_tags(result), **(end_tags(result) if end_tags else {})}, later=later)
 
 
@@ -185,7 +183,7 @@ def run_training(cfg: TrainConfig, tracker: Tracker, workspace: Workspace | None
     spec = replace(spec, tags={**spec.tags, "trainer": trainer})
     if trainer != "torch":
         batch, drawn = train_together([cfg], workspace)
-        run_id, result = record_trained_run(cfg, tracker, workspace.device, batch.result(0, cfg.target_accuracy),
+        run_id, result = record_trained_run(cfg, tracker, workspace.device, batch.result(0, cfg),
                                             draw(workspace, drawn[0]), spec, callbacks)
         return RunOutcome(run_id, result, workspace.device)
     with tracker.run(cfg.experiment, spec.run_name or default_run_name(cfg),

@@ -144,3 +144,12 @@ class UiProcess:
             if self.server_group is not None and group_alive(self.server_group):
                 os.killpg(self.server_group, signal.SIGKILL)
             self.log.close()
+
+
+class DashboardProcess(UiProcess):
+    """`python -m harness dashboard`, run, read and stopped as `UiProcess` does `ui`."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+        self.log_path, self.log, self.server_group = log_path, open(log_path, "w"), None
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness", "dashboard", *args], cwd=ROOT, env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

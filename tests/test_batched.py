@@ -33,7 +33,7 @@ def assert_same_curves(cfgs, batch: BatchResult, wine, cpu, exact_at_divergence:
     the compiled kernel (`exact_at_divergence=False`) must then only diverge there too."""
     for k, cfg in enumerate(cfgs):
         single = train(cfg, wine, cpu)
-        batched = batch.result(k, cfg.target_accuracy)
+        batched = batch.result(k, cfg)
         assert batched.last_step == single.last_step and batched.diverged == single.diverged
         compared = slice(None, -1 if single.diverged and not exact_at_divergence else None)
         for name in METRICS:

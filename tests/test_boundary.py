@@ -60,7 +60,7 @@ def test_all_features_render_on_the_principal_plane(cpu):
 
 
 def test_title():
-    assert title_text(20, 0.123456, 0.5) == "step 20   loss 0.1235   accuracy 0.500"
+    assert title_text(20, 0.123456, 0.5) == "step 20   train loss 0.1235   train accuracy 0.500"
 
 
 def test_batched_regions_match_each_model_alone(cpu):

@@ -19,6 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, UiProcess, free_port, run_cli
+from harness.tracking.reader import UI_BASE
 
 pytestmark = pytest.mark.browser
 
@@ -36,6 +37,7 @@ trials = 3
 lr = {{ low = 0.05, high = 1.0, log = true }}
 seed = {{ low = 0, high = 9999 }}
 """
+SCAN_EXPERIMENT = "ui-seeds"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 30_000  # a 2-core CI machine serves the first page in a few seconds
@@ -55,6 +57,8 @@ class Study:
     trial_ids: dict[str, str]
     """run name -> run id"""
     client: MlflowClient
+    links: dict[str, str]
+    """command -> the run link it printed, on this UI's port"""
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +76,10 @@ def study(tmp_path_factory):
     assert swept.returncode == 0, swept.stderr
     compared = run_cli("compare", str(study_file), env=env)  # each trial's boundary.gif, the report
     assert compared.returncode == 0, compared.stderr
+    scanned = run_cli("seeds", "--count", "20", "--set", "iterations=60", "--set", "device=cpu",
+                      "--set", f"experiment={SCAN_EXPERIMENT}", env=env)
+    assert scanned.returncode == 0, scanned.stderr
+    links = {name: printed_link(result.stdout) for name, result in (("compare", compared), ("seeds", scanned))}
 
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
@@ -83,10 +91,15 @@ def study(tmp_path_factory):
     port = free_port()
     server = UiProcess([str(study_file), "--port", str(port)], env, tmp / "ui.log")
     try:
-        line = server.wait_for_line(f"experiment '{EXPERIMENT}': ")
+        line = server.wait_for_line(f"experiment '{EXPERIMENT}' (")  # the study's first, with its run count
+        assert line.startswith(f"experiment '{EXPERIMENT}' (4 runs): "), line
         url = line.split(": ", 1)[1]
+        assert server.wait_for_line(f"experiment '{SCAN_EXPERIMENT}' (").startswith(
+            f"experiment '{SCAN_EXPERIMENT}' (1 run): http://127.0.0.1:{port}/#/experiments/")  # and every other one
         assert url == f"http://127.0.0.1:{port}/#/experiments/{experiment_id}?workflowType=machine_learning"
-        yield Study(url, f"http://127.0.0.1:{port}", experiment_id, parent_id, trials, client)
+        base = f"http://127.0.0.1:{port}"
+        yield Study(url, base, experiment_id, parent_id, trials, client,
+                    {name: link.replace(UI_BASE, base) for name, link in links.items()})
         assert server.interrupt() == 0, server.output()
     finally:
         server.close()
@@ -143,6 +156,21 @@ def close_assistant(page) -> None:
         expect(panel_text).to_be_hidden()
 
 
+def printed_link(stdout: str) -> str:
+    """The run link a command printed: `the run: <url>  (start the UI first: ...)`."""
+    line = next(line for line in stdout.splitlines() if line.startswith("the run: "))
+    return line.removeprefix("the run: ").split()[0]
+
+
+def expect_model_training_view(page, experiment_id: str) -> None:
+    """MLflow 3.17's side bar links the experiment's runs in its model-training view, and its
+    evaluation runs in the GenAI view (where a run page's breadcrumb says "Evaluations")."""
+    runs = page.get_by_test_id("experiment-observatory-link-runs")
+    expect(runs).to_have_text("Runs")
+    expect(runs).to_have_attribute("href", re.compile(f"#/experiments/{experiment_id}/runs"))
+    expect(page.locator(f"aside a[href^='#/experiments/{experiment_id}/evaluation-runs']")).to_have_count(0)
+
+
 def run_name_cell(page, name: str):
     return page.locator('[role=gridcell][col-id="attributes.`Run Name`"]').filter(
         has=page.get_by_role("link", name=name, exact=True))
@@ -165,7 +193,7 @@ def chart_card(page, title: str):
 
 def scroll_charts_to(page, target, steps: int = 30) -> None:
     """Scroll the chart area with the mouse wheel, as a person does, until `target` is rendered."""
-    page.get_by_test_id("experiment-view-compare-runs-chart-area").hover()
+    page.get_by_test_id("experiment-view-compare-runs-card").first.hover()  # over the charts: the wheel scrolls them
     for _ in range(steps):
         if target.count():
             return
@@ -227,6 +255,8 @@ def test_a_trial_shows_its_loss_chart_and_its_boundary_images_on_a_step_slider(p
     run_name_cell(page, "trial-0").get_by_role("link", name="trial-0").click()
     expect(page.get_by_role("heading", name="trial-0")).to_be_visible()
     close_assistant(page)
+    # a click inside the UI carries no view in its URL: the UI `make ui` serves keeps this one
+    expect_model_training_view(page, study.experiment_id)
     page.get_by_role("tab", name="Model metrics").click()
 
     loss = chart_card(page, "train_loss")
@@ -250,6 +280,9 @@ def test_a_trial_shows_its_loss_chart_and_its_boundary_images_on_a_step_slider(p
     big = dialog.locator("img")
     expect(big).to_have_attribute("src", re.compile(r"boundary%2Bstep%2B20%2B"))
     wait_until_drawn(page, big)
+    # the enlarged view shows the card's WebP at its own size: logged at the image's full size
+    assert big.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [384, 384]
+    assert big.evaluate("i => i.getBoundingClientRect().width") >= 384  # not shrunk either
     expect(dialog.get_by_role("slider")).to_have_attribute("aria-valuenow", "20")
     # the picture: the image sits centred in a tall box that scrolls, and it fades in on a new step
     big.evaluate("i => i.scrollIntoView({block: 'center'})")
@@ -310,3 +343,28 @@ def test_the_compare_artifacts_open_in_the_artifact_browser(page, study, shots):
     assert report.replace(".html", ".md") in artifact_paths(study.client, study.parent_id, "report")
     expect_preview(page, study, study.parent_id, report)
     shots(page, "ui-report")
+
+
+def test_a_printed_run_link_opens_the_run_in_the_model_training_view(page, study):
+    page.goto(study.links["compare"])  # the study's parent run, where the report is logged
+    expect(page.get_by_role("heading", name=STUDY)).to_be_visible()
+    close_assistant(page)
+    expect_model_training_view(page, study.experiment_id)
+    expect(page.get_by_role("tab", name="Model metrics")).to_be_visible()
+
+
+def test_a_seed_scan_shows_its_fan_and_histogram_where_a_user_looks_first(page, study, shots):
+    page.goto(study.links["seeds"])
+    close_assistant(page)
+    # the run opens on its Overview: the description says what the run is and where its figures are
+    note = page.get_by_test_id("note-editor-preview-content")
+    expect(note).to_contain_text("20 seeds at lr 0.7")
+    expect(note).to_contain_text("loss_fan")
+    page.get_by_role("tab", name="Model metrics").click()
+    for key in ("loss_fan", "iterations_to_target_histogram"):
+        card = chart_card(page, key)
+        scroll_charts_to(page, card)
+        image = card.locator("img")
+        expect(image).to_be_visible()
+        wait_until_drawn(page, image)
+    shots(page, "ui-seed-scan")

@@ -83,6 +83,10 @@ def test_the_spread_per_band_is_computed_from_the_logged_curves(known_study, tra
     few, main = c.bands
     assert [curve.seed for curve in main.curves] == [1, 2, 3, 4, 5, 6, 9]  # sorted by seed
     assert main.reached == 5 and few.reached == 2 and main.stopped == 1
+    # held for hold_steps = 20 of the 61 steps: from 10, 20, 30 and 40; not from 50 (11 steps
+    # left), nor from the other band's 45 and 55
+    assert [c.iterations_to_target_held for c in main.curves] == [10, 20, 30, 40, None, None, None]
+    assert main.held == 4 and few.held == 0 and main.iterations_to_target_held is None
 
     # by hand, from [10, 20, 30, 40, 50] with linear interpolation: p10 at 0.4 of the first gap
     s = main.iterations_to_target
@@ -120,8 +124,8 @@ def test_compare_writes_and_logs_the_report_and_a_gif_per_trial(known_study, tra
     assert result.returncode == 0, result.stderr
     # the printed table and the report hold the numbers above
     row = [line.split() for line in result.stdout.splitlines() if line.strip().startswith("[0.1, 1)")][0]
-    assert row[2:11] == ["7", "1", "5", "5", "10.0", "14.0", "30.0", "46.0", "50.0"]
-    assert "| [0.1, 1) | 7 | 1 | 5 | 5 | 10.0 | 14.0 | 30.0 | 46.0 | 50.0 |" in (out / "report.md").read_text()
+    assert row[2:11] == ["7", "1", "5", "5", "10", "14", "30", "46", "50"]  # steps are counted in integers
+    assert "| [0.1, 1) | 7 | 1 | 5 | 5 | 10 | 14 | 30 | 46 | 50 |" in (out / "report.md").read_text()
     assert "boundary.gif: logged to 9 trial runs (0 had one already)" in result.stdout
     assert (out / "keep.png").read_text() == "mine"  # the folder's other files are left alone
 
@@ -130,7 +134,7 @@ def test_compare_writes_and_logs_the_report_and_a_gif_per_trial(known_study, tra
     folder = first.rsplit("/", 1)[0]
     logged = {f.path.rsplit("/", 1)[1] for f in client.list_artifacts(parent, folder)}
     assert logged == {"report.md", "report.html", "curves.png", "iterations_to_target.png", "importances.png",
-                      "boundaries_lr0.1-1_step30.png", "boundaries_lr0.01-0.1_step60.png"}
+                      "boundaries_lr0.1-1_step30.png", "boundaries_lr0.01-0.1_step30.png"}  # one step for all bands
     assert "data:image/png;base64," in (out / "report.html").read_text()  # self-contained
     assert "<strong>" in (out / "report.html").read_text() and "**" not in (out / "report.html").read_text()
 

@@ -31,7 +31,7 @@ def test_feature_plane_maps_back_to_the_network_inputs(cpu):
     d = data.load(cfg, cpu)
     # the plane shows the training points in raw units; mapping them gives the standardized inputs
     assert np.allclose(d.plane.to_inputs(d.plane.points), d.x_train.numpy(), atol=1e-5)
-    assert d.plane.labels == ("alcohol", "color_intensity")
+    assert d.plane.labels == ("alcohol (% vol)", "color_intensity")  # units where the feature has one
 
 
 def test_all_features_use_the_principal_plane(cpu):

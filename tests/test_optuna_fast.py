@@ -1,8 +1,6 @@
 """The fenced Optuna fast path (harness/study/optuna_fast.py): taken with the versions we install,
 checked at start-up, and leaving the study as Optuna's own calls leave it."""
 
-import inspect
-
 import optuna
 import pytest
 

@@ -39,11 +39,16 @@ def test_a_seed_scan_is_one_run_with_percentiles_table_and_figures(tmp_path, tra
     rows = list(csv.DictReader(open(client.download_artifacts(run_id, "seeds.csv", str(local)))))
     assert [int(r["seed"]) for r in rows] == [3, 4, 5, 6, 7]
     for row, single in zip(rows, singles):
-        expected = single.iterations_to_target
-        assert row["iterations_to_target"] == ("" if expected is None else str(expected))
+        for name in ("iterations_to_target", "iterations_to_target_held"):  # as the loop measures them
+            expected = getattr(single, name)
+            assert row[name] == ("" if expected is None else str(expected))
         assert float(row["final_val_loss"]) == pytest.approx(single.final["val_loss"], rel=PARITY["rtol"], abs=PARITY["atol"])
     figures = {a.path for a in client.list_artifacts(run_id, "figures")}
-    assert figures == {"figures/loss_fan.png", "figures/iterations_to_target_hist.png"}
+    assert figures == {"figures/loss_fan.png", "figures/iterations_to_target_histogram.png"}
+    # also as step images, for the run's Model metrics tab; the description says where they are
+    images = {a.path.split("+")[0] for a in client.list_artifacts(run_id, "images")}
+    assert images == {"images/loss_fan", "images/iterations_to_target_histogram"}
+    assert "`loss_fan`" in run.data.tags["mlflow.note.content"]
     reached = [r.iterations_to_target for r in singles if r.iterations_to_target is not None]
     assert summary["reached"] == len(reached)
     if reached:

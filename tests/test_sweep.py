@@ -181,7 +181,7 @@ def test_two_worker_processes_add_exactly_the_requested_trials(tmp_path, stores)
     figures = {a.path for a in client.list_artifacts(study.user_attrs[PARENT_RUN_ATTR], "optuna")}
     assert figures == {"optuna/optimization_history.png", "optuna/param_importances.png", "optuna/slice.png"}
     assert "best trials:" in proc.stdout
-    assert f"open the UI: mlflow ui --backend-store-uri {stores['MLFLOW_TRACKING_URI']}, then http://127.0.0.1:5000/#/experiments/" in proc.stdout
+    assert f"open the UI: MLFLOW_TRACKING_URI={stores['MLFLOW_TRACKING_URI']} make ui, then http://127.0.0.1:5000/#/experiments/" in proc.stdout
 
 
 def pool_run_in_thread(pool, jobs, progress):

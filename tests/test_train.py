@@ -1,12 +1,13 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from harness.core import config, data as data_lib
 from harness.core.model import build_mlp, create
 from harness.core.runtime import init_generator, seed_everything
-from harness.core.train import METRICS, Callbacks, train
+from harness.core.train import METRICS, Callbacks, steps_to_target, train
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_boundary_steps(cpu, wine):
 
 
 def test_iterations_to_target_is_the_first_step_reaching_it(wine, cpu):
-    cfg = config.build({"iterations": 200, "device": "cpu"})
+    cfg = config.build({"iterations": 300, "device": "cpu"})
     result = train(cfg, wine, cpu)
     k = result.iterations_to_target
     assert k is not None
@@ -51,6 +52,26 @@ def test_iterations_to_target_is_the_first_step_reaching_it(wine, cpu):
     assert all(a < cfg.target_accuracy for a in result.history["train_accuracy"][:k])
     never = train(config.build({"iterations": 5, "device": "cpu"}), wine, cpu)
     assert never.iterations_to_target is None
+    # held: from that step on, hold_steps steps in a row at or above the target
+    h = result.iterations_to_target_held
+    assert h is not None and h >= k
+    assert all(a >= cfg.target_accuracy for a in result.history["train_accuracy"][h:h + cfg.hold_steps])
+    assert not any(all(a >= cfg.target_accuracy for a in result.history["train_accuracy"][s:s + cfg.hold_steps])
+                   for s in range(h))
+
+
+def test_steps_to_target_by_hand():
+    nan = float("nan")
+    # two networks (columns): one dips after its first crossing, one stops measuring (NaN)
+    accuracy = np.array([[0.5, 0.5], [0.9, 0.9], [0.5, 0.9], [0.9, 0.9], [0.9, nan], [0.9, nan]])
+    first, held = steps_to_target(accuracy, 0.85, hold_steps=3)
+    assert first.tolist() == [1, 1] and held.tolist() == [3, 1]
+    assert steps_to_target(accuracy, 0.85, hold_steps=4)[1].tolist() == [-1, -1]  # the run ends first
+    assert steps_to_target(accuracy, 0.85, hold_steps=1)[1].tolist() == first.tolist()
+    assert steps_to_target(accuracy, 0.95, hold_steps=2)[0].tolist() == [-1, -1]
+    assert steps_to_target(accuracy[:2], 0.85, hold_steps=3)[1].tolist() == [-1, -1]  # fewer steps than the hold
+    # at the target exactly counts: 106 of 124 points is 0.8548... >= 0.85
+    assert steps_to_target(np.array([[106 / 124]]), 0.85, hold_steps=1)[0].tolist() == [0]
 
 
 def test_a_non_finite_loss_stops_the_run(wine, cpu):

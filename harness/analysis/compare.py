@@ -20,10 +20,11 @@ from optuna.trial import TrialState
 
 from harness.tracking.store_check import check_file, local_path, read_only_url
 from harness.analysis.compare_config import CompareOptions
-from harness.core.config import ConfigError, TrainConfig, from_params
+from harness.core.config import ConfigError, TrainConfig, from_params, target_points, train_size
 from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
+from harness.progress import Quiet, Status
 from harness.tracking.tracker import Tracker
-from harness.core.train import METRICS, first_reaching
+from harness.core.train import METRICS, steps_to_target
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Curve:
     history: dict[str, np.ndarray]
     """each metric at steps 0..last (NaN past the last step the network measured)"""
     iterations_to_target: int | None
+    iterations_to_target_held: int | None
     run_id: str | None = None
     images: dict[int, str] = field(default_factory=dict)
     """step -> artifact path of the logged boundary image"""
@@ -72,6 +74,10 @@ class Band:
     """curves that reached the target accuracy"""
     iterations_to_target: Spread | None
     """None: fewer than min_trials curves reached the target"""
+    held: int
+    """curves that reached the target and held it for hold_steps steps"""
+    iterations_to_target_held: Spread | None
+    """None: fewer than min_trials curves held the target"""
     val_accuracy: Spread | None
     """None: fewer than min_trials curves that finished"""
 
@@ -94,6 +100,9 @@ class Comparison:
     run_id: str
     """where the report is logged: the study's parent run, or the scan's run"""
     target_accuracy: float
+    hold_steps: int
+    target_points: str
+    """the target in training points, as "106 of 124\""""
     options: CompareOptions
     bands: list[Band]
     importances: dict[str, dict[str, float]] | str
@@ -102,7 +111,7 @@ class Comparison:
     """what the importances explain"""
     counts: dict[str, int] = field(default_factory=dict)
     base: TrainConfig | None = None
-    """the scan's config (everything but the seed)"""
+    """the scan's config (everything but the seed); a study's first trial's"""
 
 
 def lr_band(lr: float, per_decade: int) -> tuple[float, float]:
@@ -137,8 +146,9 @@ def make_bands(curves: list[Curve], options: CompareOptions) -> list[Band]:
     for (low, high), members in sorted(groups.items()):
         members.sort(key=lambda c: c.seed)
         reached = [c.iterations_to_target for c in members if c.iterations_to_target is not None]
-        bands.append(Band(low, high, members, len(reached), spread(reached, options),
-                          spread([c.final_val_accuracy for c in members], options)))
+        held = [c.iterations_to_target_held for c in members if c.iterations_to_target_held is not None]
+        bands.append(Band(low, high, members, len(reached), spread(reached, options), len(held),
+                          spread(held, options), spread([c.final_val_accuracy for c in members], options)))
     return bands
 
 
@@ -199,14 +209,17 @@ def load_study(study_name: str, storage_url: str) -> optuna.Study:
                           f"existing: {', '.join(names) or 'none (run make sweep first)'}") from None
 
 
-def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOptions) -> Comparison:
-    study_name = study.study_name
+def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOptions,
+                     status: Status | None = None) -> Comparison:
+    """`status` is told how many runs are read (harness/progress.py)."""
+    study_name, status = study.study_name, status or Quiet()
     parent = study.user_attrs.get(PARENT_RUN_ATTR)
     if not parent:
         raise ConfigError(f"study: '{study_name}' has no MLflow parent run (was it made by make sweep?)")
     trials = study.get_trials(deepcopy=False)
-    curves, target = [], None
-    for trial in trials:
+    curves, base = [], None
+    for i, trial in enumerate(trials):
+        status.set(f"reading study '{study_name}': trial {i + 1} of {len(trials)}")
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
         if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED) or not run_id:
             continue
@@ -216,19 +229,18 @@ def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOpti
             print(f"trial {trial.number}: its MLflow run {run_id} cannot be read ({e}); left out")
             continue
         cfg = from_params(run.data.params)
-        target = cfg.target_accuracy if target is None else target
+        base = base or cfg  # the target of the study's first trial measures all (the target is fixed)
         history = tracker.metric_histories(run_id, list(METRICS))
-        reached = run.data.metrics.get("iterations_to_target")
-        curves.append(Curve(f"trial-{trial.number}", cfg.seed, cfg.lr, history,
-                            int(reached) if reached is not None else None, run_id,
+        (reached,), (held,) = convergence(history["train_accuracy"][:, None], base)
+        curves.append(Curve(f"trial-{trial.number}", cfg.seed, cfg.lr, history, reached, held, run_id,
                             tracker.image_steps(run_id, "boundary"), finished=trial.state == TrialState.COMPLETE))
     if not curves:
         raise ConfigError(f"study: '{study_name}' has no finished trial with an MLflow run yet")
     check_step(options.step, curves, "study")
     counts = {s: sum(1 for t in trials if t.state.name == s) for s in ("COMPLETE", "PRUNED", "FAIL")}
     objective = objective_name(tracker.get_run(parent).data.params.get("objective", ""))
-    return Comparison("study", study_name, parent, target, options, make_bands(curves, options),
-                      importances(study), objective, counts)
+    return Comparison("study", study_name, parent, base.target_accuracy, base.hold_steps, points_of(base), options,
+                      make_bands(curves, options), importances(study), objective, counts, base)
 
 
 def scan_comparison(run_id: str | None, experiment: str, tracker: Tracker, options: CompareOptions) -> Comparison:
@@ -249,14 +261,26 @@ def scan_comparison(run_id: str | None, experiment: str, tracker: Tracker, optio
                               "run make seeds again") from None
         seeds, history = saved["seed"], {m: saved[m] for m in METRICS}
     curves = []
+    reached, held = convergence(history["train_accuracy"], base)
     for k, seed in enumerate(seeds.tolist()):
         h = {m: history[m][:, k] for m in METRICS}
         measured = np.isfinite(h["train_loss"])
         last = int(np.flatnonzero(measured)[-1]) if measured.any() else -1
         h = {m: v[:last + 1] for m, v in h.items()}
-        reached = first_reaching(h["train_accuracy"].tolist(), base.target_accuracy)
-        curves.append(Curve(f"seed {seed}", seed, base.lr, h, reached, run.info.run_id, finished=last == base.iterations))
+        curves.append(Curve(f"seed {seed}", seed, base.lr, h, reached[k], held[k], run.info.run_id,
+                            finished=last == base.iterations))
     check_step(options.step, curves, "scan")
     name = run.info.run_name or run.info.run_id
-    return Comparison("scan", name, run.info.run_id, base.target_accuracy, options,
+    return Comparison("scan", name, run.info.run_id, base.target_accuracy, base.hold_steps, points_of(base), options,
                       make_bands(curves, options), "a seed scan varies only the seed", base=base)
+
+
+def points_of(cfg: TrainConfig) -> str:
+    return f"{target_points(cfg)} of {train_size(cfg)}"
+
+
+def convergence(train_accuracy: np.ndarray, cfg: TrainConfig) -> tuple[list[int | None], list[int | None]]:
+    """Each network's iterations_to_target and iterations_to_target_held, from its logged curve
+    (columns of `train_accuracy`), by the one definition (`train.steps_to_target`)."""
+    first, held = steps_to_target(train_accuracy, cfg.target_accuracy, cfg.hold_steps)
+    return ([int(v) if v >= 0 else None for v in first], [int(v) if v >= 0 else None for v in held])

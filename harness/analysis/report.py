@@ -2,41 +2,83 @@
 terminal table; and each trial's `boundary.gif`. Figures: report_figures.py; files: report_files.py."""
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from harness.analysis.compare import Comparison, Spread
+from harness.analysis.compare import Band, Comparison, Spread
+from harness.core.config import WINE_SAMPLES, train_size
 
 GIF_FRAME_MS = 150
 
 
 # numbers, as the table and the report show them
 
+def number(value: float, digits: int) -> str:
+    """`digits` decimals: 0 for counts of steps (a percentile between two steps is rounded)."""
+    return f"{value:.{digits}f}"
+
+
 def spread_cells(s: Spread | None, n: int, what: str, digits: int, need: int) -> list[str]:
     """The spread's numbers and a note; a band with too few values gets the note instead."""
     if s is None:
         return ["-"] * 7 + [f"too few: {n} {what}, need {need}"]
-    f = f"{{:.{digits}f}}"
-    return [str(s.n), *(f.format(v) for v in (s.min, s.p10, s.median, s.p90, s.max)),
-            f"[{f.format(s.median_ci[0])}, {f.format(s.median_ci[1])}]", ""]
+    return [str(s.n), *(number(v, digits) for v in (s.min, s.p10, s.median, s.p90, s.max)),
+            f"[{number(s.median_ci[0], digits)}, {number(s.median_ci[1], digits)}]", ""]
 
 
 SPREAD_HEADER = ["n", "min", "p10", "median", "p90", "max", "median 95% CI", "note"]
 
 
-def band_tables(c: Comparison) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) for iterations_to_target and for the final val_accuracy."""
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    same: str | None = None
+    """when every value in every band is one number: the line that says so, shown instead"""
+
+
+def band_name(c: Comparison, band: Band) -> str:
+    """A scan's one learning rate, or a study's band of them."""
+    return f"lr {c.base.lr:g}" if c.kind == "scan" else f"lr {band.label}"
+
+
+def one_value(spreads: list[Spread | None]) -> float | None:
+    """The value, when every spread is of one and the same value."""
+    values = {v for s in spreads if s is not None for v in (s.min, s.max)}
+    return values.pop() if len(values) == 1 and all(s is not None for s in spreads) else None
+
+
+def band_tables(c: Comparison) -> list[Table]:
+    """The spreads across seeds: iterations_to_target, iterations_to_target_held, final val_accuracy."""
     need = c.options.min_trials
-    itt = [[b.label, str(len(b.curves)), str(b.stopped), str(b.reached),
-            *spread_cells(b.iterations_to_target, b.reached, "reached", 1, need)] for b in c.bands]
-    acc = [[b.label, str(len(b.curves)), str(len(b.curves) - b.stopped),
-            *spread_cells(b.val_accuracy, len(b.curves) - b.stopped, "finished", 3, need)] for b in c.bands]
     stopped = "pruned or diverged" if c.kind == "study" else "diverged"
-    return [(f"iterations to {c.target_accuracy:.0%} train accuracy, across seeds (over the networks that reached it)",
-             ["lr band", "trials", stopped, "reached", *SPREAD_HEADER], itt),
-            ("final val_accuracy, across seeds (over the networks that ran all their iterations)",
-             ["lr band", "trials", "finished", *SPREAD_HEADER], acc)]
+    target = f"{c.target_accuracy:.0%} train accuracy ({c.target_points} training points)"
+    tables = []
+    for title, what, count, spread_of, digits in (
+            (f"iterations to {target}, first reached", "reached", lambda b: b.reached,
+             lambda b: b.iterations_to_target, 0),
+            (f"iterations to {target}, held for {c.hold_steps} steps", "held", lambda b: b.held,
+             lambda b: b.iterations_to_target_held, 0),
+            ("final val_accuracy (networks that ran all their iterations)", "finished",
+             lambda b: len(b.curves) - b.stopped, lambda b: b.val_accuracy, 3)):
+        header = ["lr band" if c.kind == "study" else "lr", "networks", stopped if what != "finished" else "finished",
+                  *([what] if what != "finished" else []), *SPREAD_HEADER]
+        rows = [[band_name(c, b).removeprefix("lr "), str(len(b.curves)),
+                 *([str(b.stopped), str(count(b))] if what != "finished" else [str(count(b))]),
+                 *spread_cells(spread_of(b), count(b), what, digits, need)] for b in c.bands]
+        value = one_value([spread_of(b) for b in c.bands])
+        same = None
+        if value is not None:
+            n = sum(spread_of(b).n for b in c.bands)
+            same = f"{number(value, digits)} for every one of the {n} networks ({what})"
+            if what == "finished" and c.base is not None:
+                val = WINE_SAMPLES - train_size(c.base)
+                same += f": {round(value * val)} of the {val} validation points"
+        tables.append(Table(title, header, rows, same))
+    return tables
 
 
 def importance_table(c: Comparison) -> tuple[list[str], list[list[str]]] | None:
@@ -57,19 +99,22 @@ def format_rows(header: list[str], rows: list[list[str]]) -> list[str]:
             for r in [header, *rows]]
 
 
-def headline(c: Comparison) -> str | None:
-    """The lecture's point in one sentence, for the band with the most networks that reached the target."""
-    best = max(c.bands, key=lambda b: b.reached)
-    s = best.iterations_to_target
-    if s is None:
-        return None
+def headline(c: Comparison) -> str:
+    """The lecture's point in one sentence, for the band with the most networks that held the
+    target: how many steps until the network is at the target and stays there."""
+    best = max(c.bands, key=lambda b: (b.held, len(b.curves)))
+    s = best.iterations_to_target_held
     if c.kind == "scan":
         where, why = f"at lr {c.base.lr:g}", "depending only on the seed"
     else:
         where, why = f"at lr in {best.label}", "across seeds (lr and the other searched values vary within the band)"
-    return (f"{where}, reaching {c.target_accuracy:.0%} train accuracy took from {s.min:.0f} to {s.max:.0f} "
-            f"iterations (median {s.median:.0f}, 95% CI [{s.median_ci[0]:.0f}, {s.median_ci[1]:.0f}]) {why}; "
-            f"{best.reached} of {len(best.curves)} networks reached it")
+    target = f"{c.target_accuracy:.0%} train accuracy ({c.target_points} training points)"
+    if s is None:
+        return (f"{where}, {best.held} of {len(best.curves)} networks reached {target} and held it for "
+                f"{c.hold_steps} steps: too few for a spread (at least {c.options.min_trials})")
+    return (f"{where}, reaching {target} and holding it for {c.hold_steps} steps took from {number(s.min, 0)} to "
+            f"{number(s.max, 0)} iterations (median {number(s.median, 0)}, 95% CI [{number(s.median_ci[0], 0)}, "
+            f"{number(s.median_ci[1], 0)}]) {why}; {best.held} of {len(best.curves)} networks held it")
 
 
 def terminal_table(c: Comparison) -> str:
@@ -77,17 +122,18 @@ def terminal_table(c: Comparison) -> str:
               if c.kind == "study" else f"seed scan '{c.name}' ({len(c.bands[0].curves)} seeds, "
                                         f"{c.bands[0].stopped} diverged)")
     out = [source, ""]
-    for title, header, rows in band_tables(c):
-        out += [f"{title}:", *("  " + line for line in format_rows(header, rows)), ""]
+    for table in band_tables(c):
+        if table.same:
+            out += [f"{table.title}: {table.same}", ""]
+        else:
+            out += [f"{table.title}:", *("  " + line for line in format_rows(table.header, table.rows)), ""]
     table = importance_table(c)
     if table:
         out += [f"parameter importances for {c.objective or 'the objective'}:",
                 *("  " + line for line in format_rows(*table)), ""]
     else:
         out += [f"parameter importances: {c.importances}", ""]
-    line = headline(c)
-    if line:
-        out.append(line)
+    out.append(headline(c))
     return "\n".join(out)
 
 

@@ -83,11 +83,11 @@ def blocks_of(c: Comparison, figures: list[str], notes: list[str]) -> list[tuple
               f"seed scan run `{c.name}` (`{c.run_id}`): {len(c.bands[0].curves)} seeds, everything else fixed")
     blocks = [("h", 1, f"How the initialization changes convergence: {c.name}"), ("p", source)]
     line = headline(c)
-    if line:
-        blocks.append(("p", f"**{line[0].upper() + line[1:]}.**"))
-    blocks += [("h", 2, "Curves by learning-rate band, coloured by seed"), ("img", "curves.png", "curves")]
-    for title, header, rows in band_tables(c):
-        blocks += [("h", 2, title[0].upper() + title[1:]), ("table", header, rows)]
+    blocks.append(("p", f"**{line[0].upper() + line[1:]}.**"))
+    blocks += [("h", 2, "Curves, coloured by iterations to the target (held)"), ("img", "curves.png", "curves")]
+    for table in band_tables(c):
+        blocks += [("h", 2, table.title[0].upper() + table.title[1:]),
+                   ("p", table.same[0].upper() + table.same[1:] + ".") if table.same else ("table", table.header, table.rows)]
     blocks.append(("img", "iterations_to_target.png", "iterations to target by band"))
     blocks.append(("h", 2, "Decision boundaries, one tile per seed"))
     grids = [name for name in figures if name.startswith("boundaries")]

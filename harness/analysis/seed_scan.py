@@ -2,7 +2,8 @@
 
 Everything but the seed is fixed, so the spread of the curves is the effect of the
 initialization alone. The run holds per-step percentiles across seeds, the per-seed table and
-two figures: the fan of loss curves and the histogram of iterations_to_target.
+two figures (the fan of loss curves, the histogram of both iterations-to-target values), also
+logged as step images so that the run's Model metrics tab shows them.
 """
 
 import csv
@@ -13,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 from harness.core import config
 from harness.trainers.batched import BatchResult, train_batch
-from harness.core.config import ConfigError, TrainConfig
+from harness.core.config import ConfigError, TrainConfig, target_points, train_size
 from harness.experiment import Workspace, run_params
+from harness.progress import Quiet, Status
 from harness.tracking.tracker import Tracker
-from harness.core.train import METRICS
+from harness.core.train import CONVERGENCE, METRICS, steps_to_target
 
 PERCENTILES = {"p10": 10, "median": 50, "p90": 90}
 
@@ -65,12 +68,13 @@ def percentiles(history: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def per_seed_rows(scan: SeedScan, batch: BatchResult) -> list[dict]:
-    rows = []
-    for k, seed in enumerate(scan.seeds):
-        result = batch.result(k, scan.base.target_accuracy)
-        rows.append({"seed": seed, "iterations_to_target": result.iterations_to_target,
-                     "diverged": result.diverged, **{f"final_{m}": v for m, v in result.final.items()}})
-    return rows
+    first, held = steps_to_target(batch.history["train_accuracy"], scan.base.target_accuracy, scan.base.hold_steps)
+    last = batch.last_step.astype(int)
+    finals = {m: batch.history[m][last, np.arange(scan.count)] for m in METRICS}
+    return [{"seed": seed, "iterations_to_target": int(first[k]) if first[k] >= 0 else None,
+             "iterations_to_target_held": int(held[k]) if held[k] >= 0 else None,
+             "diverged": bool(batch.diverged[k]), **{f"final_{m}": float(finals[m][k]) for m in METRICS}}
+            for k, seed in enumerate(scan.seeds)]
 
 
 def spread(values: list[int]) -> dict[str, float]:
@@ -90,24 +94,50 @@ def fan_figure(scan: SeedScan, batch: BatchResult, bands: dict[str, np.ndarray])
     ax.set_yscale("log")
     ax.set_xlabel("step (SGD updates)")
     ax.set_ylabel("train_loss")
-    ax.set_title(f"train loss of {scan.count} seeds at lr {scan.base.lr}")
+    ax.set_title(f"train loss of {scan.count} seeds at lr {scan.base.lr:g}"
+                 + (f" ({shown.shape[1]} drawn, p10-p90 of all)" if shown.shape[1] < scan.count else ""))
     ax.legend()
     return fig
 
 
-def histogram_figure(scan: SeedScan, reached: list[int]) -> Figure:
+def histogram_figure(scan: SeedScan, rows: list[dict]) -> Figure:
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.add_subplot()
-    if reached:
-        ax.hist(reached, bins=min(40, max(5, len(set(reached)))), color="tab:green")
-    ax.set_xlabel(f"iterations to {scan.base.target_accuracy:.0%} train accuracy")
+    held = [r["iterations_to_target_held"] for r in rows if r["iterations_to_target_held"] is not None]
+    first = [r["iterations_to_target"] for r in rows if r["iterations_to_target"] is not None]
+    bins = np.histogram_bin_edges(first + held or [0], bins=min(40, max(5, len(set(first + held)))))
+    if first:
+        ax.hist(first, bins=bins, color="tab:green", alpha=0.45, label="first reached")
+    if held:
+        ax.hist(held, bins=bins, histtype="step", color="black", linewidth=1.5,
+                label=f"held {scan.base.hold_steps} steps")
+    if first or held:
+        ax.legend()
+    ax.set_xlabel(f"iterations to {scan.base.target_accuracy:.0%} train accuracy "
+                  f"({target_points(scan.base)} of {train_size(scan.base)} training points)")
     ax.set_ylabel("seeds")
-    ax.set_title(f"{len(reached)} of {scan.count} seeds reached the target")
+    ax.set_title(f"{len(held)} of {scan.count} seeds held the target, {len(first)} reached it, at lr {scan.base.lr:g}")
     return fig
 
 
-def run_scan(scan: SeedScan, tracker: Tracker) -> tuple[str, dict]:
-    """Train every seed at once, log one run; returns its id and the summary numbers."""
+def description(scan: SeedScan, summary: dict) -> str:
+    """The run's description (the `mlflow.note.content` tag, shown in Markdown on the run's
+    Overview page, where its link opens): what it is and where its figures are."""
+    base = scan.base
+    return (f"**{scan.count} seeds at lr {base.lr:g}**, everything else fixed: the spread is the initialization's "
+            f"alone. {summary['held']} of {scan.count} seeds reached {base.target_accuracy:.0%} train accuracy "
+            f"({target_points(base)} of {train_size(base)} training points) and held it for {base.hold_steps} steps; "
+            f"{summary['reached']} reached it at least once.\n\n"
+            "- **Model metrics**: the image cards `loss_fan` (every seed's train loss, with p10-p90) and "
+            "`iterations_to_target_histogram`; the charts `<metric>_p10`, `_median`, `_p90` across seeds at each step.\n"
+            "- **Artifacts**: `figures/` (the same two figures), `seeds.csv` (one row per seed) and `histories.npz` "
+            "(every seed's curves, which `make compare` reads).")
+
+
+def run_scan(scan: SeedScan, tracker: Tracker, status: Status | None = None) -> tuple[str, dict]:
+    """Train every seed at once, log one run; returns its id and the summary numbers. `status`
+    is told each phase (harness/progress.py)."""
+    status = status or Quiet()
     workspace = Workspace.for_config(scan.base)
     cfgs = [replace(scan.base, seed=seed) for seed in scan.seeds]
     name = scan.base.run_name or f"{scan.base.experiment}__{scan.count}seeds__{time.strftime('%Y%m%d-%H%M%S')}"
@@ -118,18 +148,23 @@ def run_scan(scan: SeedScan, tracker: Tracker) -> tuple[str, dict]:
         batch = train_batch(cfgs, workspace.data, workspace.device)
         train_seconds = time.perf_counter() - start
 
+        status.set(f"logging the curves of {scan.count} seeds")
         bands = {m: percentiles(batch.history[m]) for m in METRICS}
         for step in range(batch.history["train_loss"].shape[0]):
             logger.log_metrics({f"{m}_{p}": bands[m][p][step] for m in METRICS for p in PERCENTILES
                                 if np.isfinite(bands[m][p][step])}, step=step)
 
         rows = per_seed_rows(scan, batch)
-        reached = [r["iterations_to_target"] for r in rows if r["iterations_to_target"] is not None]
-        summary = {"reached": len(reached), "diverged": int(batch.diverged.sum()), "train_seconds": train_seconds,
-                   **({f"iterations_to_target_{k}": v for k, v in spread(reached).items()} if reached else {})}
+        summary = {"diverged": int(batch.diverged.sum()), "train_seconds": train_seconds}
+        for name, count in zip(CONVERGENCE, ("reached", "held")):
+            values = [r[name] for r in rows if r[name] is not None]
+            summary[count] = len(values)
+            summary.update({f"{name}_{k}": v for k, v in spread(values).items()} if values else {})
         logger.log_metrics(summary)
-        logger.set_tags({"reached_target_seeds": len(reached), "trainer": batch.trainer})
+        logger.set_tags({"reached_target_seeds": summary["reached"], "held_target_seeds": summary["held"],
+                         "trainer": batch.trainer, "mlflow.note.content": description(scan, summary)})
 
+        status.set("writing the per-seed table and the figures")
         with tempfile.TemporaryDirectory() as tmp:
             table = Path(tmp) / "seeds.csv"
             with open(table, "w", newline="") as f:
@@ -141,8 +176,10 @@ def run_scan(scan: SeedScan, tracker: Tracker) -> tuple[str, dict]:
             np.savez_compressed(Path(tmp) / "histories.npz", seed=np.array(scan.seeds),
                                 **{m: batch.history[m].astype(np.float32) for m in METRICS})
             logger.log_artifact(Path(tmp) / "histories.npz")
-            for file_name, fig in (("loss_fan.png", fan_figure(scan, batch, bands["train_loss"])),
-                                   ("iterations_to_target_hist.png", histogram_figure(scan, reached))):
-                fig.savefig(Path(tmp) / file_name, bbox_inches="tight")
-                logger.log_artifact(Path(tmp) / file_name, "figures")
+            for name, fig in (("loss_fan", fan_figure(scan, batch, bands["train_loss"])),
+                              ("iterations_to_target_histogram", histogram_figure(scan, rows))):
+                fig.savefig(Path(tmp) / f"{name}.png", bbox_inches="tight")
+                logger.log_artifact(Path(tmp) / f"{name}.png", "figures")
+                # also as a step image: the run's Model metrics tab shows it first, beside its charts
+                logger.log_image(Image.open(Path(tmp) / f"{name}.png").convert("RGB"), key=name, step=0)
     return logger.run_id, summary

@@ -54,7 +54,9 @@ class TrainConfig:
     iterations: int = 200
     """number of full-batch SGD updates"""
     target_accuracy: float = 0.85
-    """train accuracy that defines iterations_to_target"""
+    """train accuracy that defines iterations_to_target and iterations_to_target_held"""
+    hold_steps: int = 20
+    """iterations_to_target_held: consecutive steps the train accuracy must stay at or above the target"""
     plot_every: int = 10
     """log a decision-boundary image every this many steps (and at the last step)"""
     image_size: int = 384
@@ -91,6 +93,16 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+def train_size(cfg: TrainConfig) -> int:
+    """Training samples of the split: scikit-learn's train_test_split holds out ceil(fraction * n)."""
+    return WINE_SAMPLES - math.ceil(cfg.val_fraction * WINE_SAMPLES)
+
+
+def target_points(cfg: TrainConfig) -> int:
+    """How many training points a network must classify right to be at target_accuracy."""
+    return math.ceil(round(cfg.target_accuracy * train_size(cfg), 9))
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check ranges and choices; raise ConfigError with the key and the allowed values."""
     def choose(key: str, allowed: tuple[str, ...]) -> None:
@@ -123,12 +135,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"hidden: must be a non-empty list of widths >= 1, got {cfg.hidden}")
     if not 0 <= cfg.momentum < 1:
         raise ConfigError(f"momentum: must be in [0, 1), got {cfg.momentum}")
-    n_val = math.ceil(cfg.val_fraction * WINE_SAMPLES) if 0 < cfg.val_fraction < 1 else 0
+    n_val = WINE_SAMPLES - train_size(cfg) if 0 < cfg.val_fraction < 1 else 0
     if not MIN_SPLIT_SIDE <= n_val <= WINE_SAMPLES - MIN_SPLIT_SIDE:
         raise ConfigError(f"val_fraction: must leave at least {MIN_SPLIT_SIDE} of the {WINE_SAMPLES} samples on each side "
                           f"of the split (about 0.02 to 0.98), got {cfg.val_fraction}")
     if not 0 < cfg.target_accuracy <= 1:
         raise ConfigError(f"target_accuracy: must be in (0, 1], got {cfg.target_accuracy}")
+    if cfg.hold_steps < 1:
+        raise ConfigError(f"hold_steps: must be >= 1, got {cfg.hold_steps}")
     if not 256 <= cfg.image_size <= 2048:
         raise ConfigError(f"image_size: must be in [256, 2048], got {cfg.image_size}")
     if not cfg.experiment:

@@ -44,6 +44,16 @@ class WineData:
         return self.x_train.shape[1]
 
 
+UNITS = {"alcohol": "% vol", "malic_acid": "g/L", "ash": "g/L", "magnesium": "mg/L", "proline": "mg/L"}
+"""the units of the wine features that have one (the dataset's documentation, Forina et al.); the
+others are ratios or relative measures (hue, color_intensity, od280/od315_of_diluted_wines) or
+indices without a stated unit"""
+
+
+def axis_label(feature: str) -> str:
+    return f"{feature} ({UNITS[feature]})" if feature in UNITS else feature
+
+
 def split(cfg: TrainConfig):
     """Raw train/val arrays of the chosen features and the feature names."""
     wine = load_wine()
@@ -68,7 +78,7 @@ def load(cfg: TrainConfig, device: torch.device) -> WineData:
     else:
         # the plane is the two features in their own units; the network gets them standardized
         plane = Plane(weight=np.diag(1 / scaler.scale_), bias=-scaler.mean_ / scaler.scale_,
-                      points=x_train, labels=(names[0], names[1]))
+                      points=x_train, labels=(axis_label(names[0]), axis_label(names[1])))
 
     # as in the lecture: tensors built once and moved to the device once
     def tensor(a, dtype):

@@ -1,12 +1,14 @@
 """The lecture's training loop: forward, loss, backward, step; then the every-N-steps work.
 
 Step k is the network after k SGD updates, so step 0 is the untrained network and the loop
-measures one step more than it updates. Logging and drawing live in callbacks.
+measures one step more than it updates. Logging and drawing live in callbacks. How many steps a
+network takes to reach the target is defined here too (`steps_to_target`), for every trainer.
 """
 
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,6 +18,7 @@ from harness.core.data import WineData
 from harness.core.runtime import seed_everything
 
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+CONVERGENCE = ("iterations_to_target", "iterations_to_target_held")  # logged once per run, when reached
 
 
 class Callbacks:
@@ -39,6 +42,9 @@ class TrainResult:
     """a callback asked to stop at last_step"""
     iterations_to_target: int | None = None
     """first step whose train_accuracy reached target_accuracy; None if never"""
+    iterations_to_target_held: int | None = None
+    """first step from which train_accuracy stays at or above target_accuracy for hold_steps
+    steps; None if never"""
 
     @property
     def last_step(self) -> int:
@@ -47,6 +53,14 @@ class TrainResult:
     @property
     def final(self) -> dict[str, float]:
         return {m: values[-1] for m, values in self.history.items()}
+
+    def measure(self, cfg: TrainConfig) -> "TrainResult":
+        """Set both iterations-to-target values from the history (`steps_to_target`)."""
+        first, held = steps_to_target(np.array(self.history["train_accuracy"], dtype=float)[:, None],
+                                      cfg.target_accuracy, cfg.hold_steps)
+        self.iterations_to_target = int(first[0]) if first[0] >= 0 else None
+        self.iterations_to_target_held = int(held[0]) if held[0] >= 0 else None
+        return self
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -61,8 +75,21 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.M
     return criterion(logits, y).item(), accuracy(logits, y)
 
 
-def first_reaching(values: list[float], target: float) -> int | None:
-    return next((step for step, v in enumerate(values) if v >= target), None)
+def steps_to_target(train_accuracy: np.ndarray, target: float, hold_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each column (a network) of `train_accuracy`, shape (steps, K), with NaN after a
+    network's last step: `iterations_to_target`, the first step k whose accuracy is at or above
+    `target`, and `iterations_to_target_held`, the first step k from which it stays there for
+    `hold_steps` steps (k .. k + hold_steps - 1, all measured). -1 where there is none.
+    Step k is the network after k SGD updates (step 0: as initialized)."""
+    at = np.nan_to_num(train_accuracy, nan=-1.0) >= target
+    steps, count = at.shape
+    first = np.where(at.any(axis=0), at.argmax(axis=0), -1)
+    if hold_steps > steps:
+        return first, np.full(count, -1)
+    ups = np.concatenate([np.zeros((1, count), dtype=np.int64), np.cumsum(at, axis=0)])
+    window = ups[hold_steps:] - ups[:-hold_steps] == hold_steps  # (steps - hold_steps + 1, K)
+    held = np.where(window.any(axis=0), window.argmax(axis=0), -1)
+    return first, held
 
 
 def record_step(result: TrainResult, step: int, metrics: dict[str, float], callbacks: Callbacks) -> bool:
@@ -108,5 +135,4 @@ def train(cfg: TrainConfig, data: WineData, device: torch.device, callbacks: Cal
         loss.backward()
         optimizer.step()
 
-    result.iterations_to_target = first_reaching(result.history["train_accuracy"], cfg.target_accuracy)
-    return result
+    return result.measure(cfg)

@@ -81,10 +81,10 @@ def stop_group(pid: int, timeout: float, first: int = signal.SIGTERM) -> None:
             time.sleep(0.1)
 
 
-def answers(url: str, timeout: float = 2.0) -> bool:
-    """Whether an MLflow server answers its health check at `url`."""
+def answers(url: str, timeout: float = 2.0, path: str = "/health") -> bool:
+    """Whether a server answers 200 at `url` + `path` (by default an MLflow server's health check)."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+        with urllib.request.urlopen(f"{url}{path}", timeout=timeout) as response:
             return response.status == 200
     except OSError:
         return False

@@ -1,34 +1,23 @@
 """`make ui`: the MLflow UI over the project's store, on the loopback interface only.
 
-The server is `mlflow server`, run as a child in its own process group: a Ctrl-C in the
-terminal reaches only us, and we stop the whole group (the server starts a uvicorn process
-of its own), so nothing is left listening after we exit.
+The server is `mlflow server`, run by `harness/ops/web_server.py` as a child in its own process
+group (it starts a uvicorn process of its own), stopped as a whole on Ctrl-C.
 """
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from harness.core.config import ConfigError
-from harness.ops.services import answers, port_taken, stop_group
-from harness.signals import interrupt_once
+from harness.ops import web_server
 from harness.tracking.store_check import read_only_url
 from harness.tracking.reader import experiment_page
 from harness.tracking.tracker import Tracker, tracking_uri
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-START_TIMEOUT = 120.0  # seconds; a first start creates the database tables
-STOP_TIMEOUT = 15.0
-
 
 def check_host(host: str, allow_remote: bool) -> None:
     """The UI has no login: anyone who reaches the port can read and delete runs."""
-    if host not in LOOPBACK and not allow_remote:
-        raise ConfigError(f"host: '{host}' is not a loopback address; the UI has no login, so it listens on "
-                          f"127.0.0.1 only (--allow-remote binds it anyway)")
+    web_server.check_host(host, allow_remote, "the UI")
 
 
 def local_store(uri: str) -> Path:
@@ -40,78 +29,93 @@ def local_store(uri: str) -> Path:
     return Path(uri.removeprefix("sqlite:///"))
 
 
-def server_command(uri: str, host: str, port: int) -> list[str]:
+APP = "wine-init"
+"""The MLflow server app `make ui` runs (harness/ops/ui_app.py): MLflow's own, opening in its
+model-training view; an MLflow app plugin, registered by pyproject.toml"""
+DROPPED = ("[MLflow] Security middleware enabled with default settings",)
+"""what `mlflow server` prints on every start, with no switch to turn it off: not shown"""
+
+
+def server_command(uri: str, host: str, port: int, app: bool = True) -> list[str]:
     db = local_store(uri)
     # artifacts created through the UI land beside the runs' own, under the store's folder
     artifacts = (db.parent / "artifacts").resolve()
     # a store this process cannot write to is served read-only (store_check.read_only_url)
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", read_only_url(uri),
+    store = read_only_url(uri)
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
+            "--registry-store-uri", store,  # the same, said outright: else a notice says MLflow chose it
             "--artifacts-destination", str(artifacts), "--host", host, "--port", str(port),
-            "--workers", "1"]  # one user, one process
+            "--workers", "1",  # one user, one process
+            "--uvicorn-opts", "--log-level warning",  # no line per request; errors still show
+            *(["--app-name", APP] if app else [])]
 
 
 def server_env() -> dict[str, str]:
-    # the job runner serves GenAI features we do not use, and would start a dozen processes
-    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return {**os.environ,
+            # the job runner serves GenAI features we do not use, and would start a dozen processes
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            # a new store's "Creating initial MLflow database tables" and such
+            "MLFLOW_LOGGING_LEVEL": "WARNING",
+            # Starlette's deprecation of the WSGI bridge MLflow's server uses, a notice for MLflow
+            "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                     "ignore:starlette.middleware.wsgi is deprecated"]))}
 
 
-def find_experiment(uri: str, experiment: str, base_url: str) -> str | None:
-    """The experiment's page, or None when the store does not have it yet (nothing is created)."""
-    if not local_store(uri).exists():
-        return None
-    experiment_id = Tracker(uri).find_experiment_id(experiment)
-    return experiment_page(base_url, experiment_id) if experiment_id else None
+def app_problem() -> str | None:
+    """Why the UI cannot run as APP, or None: the project is not installed (its entry point is
+    missing), or the installed UI no longer keeps its view where ui_app expects it."""
+    from importlib.metadata import entry_points
+
+    from harness.ops.ui_app import view_key_in_use
+
+    if not any(e.name == APP for e in entry_points(group="mlflow.app")):
+        return f"the MLflow app '{APP}' is not installed (pip install -e . installs it)"
+    if not view_key_in_use():
+        return "this MLflow's UI keeps its view elsewhere than harness/ops/ui_app.py expects"
+    return None
 
 
-def wait_until_up(process: subprocess.Popen, base_url: str, timeout: float = START_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the MLflow server exited with code {process.returncode} before it answered "
-                               f"(is the port taken? try another: make ui PORT=5001)")
-        if answers(base_url):
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"the MLflow server did not answer on {base_url} within {timeout:.0f} s")
+SEARCH_PAGE = 10_000
 
 
-def stop(process: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM the server's process group, SIGKILL what lingers. The whole group, not only its
-    leader: the leader can exit before the uvicorn process it started has closed the port."""
-    stop_group(process.pid, timeout)
-    process.poll()
+def count_runs(client, experiment_id: str) -> int:
+    count, token = 0, None
+    while True:
+        page = client.search_runs([experiment_id], max_results=SEARCH_PAGE, page_token=token)
+        count += len(page)
+        token = page.token
+        if not token:
+            return count
+
+
+def experiment_links(uri: str, experiment: str, base_url: str, known: bool = True) -> list[str]:
+    """A line per experiment in the store, with its run count and page, `experiment` (the
+    study's) first; or the hint to make it. Nothing is created (`known`: whether the store
+    existed before the server started, which creates it)."""
+    hint = f"experiment '{experiment}' is not in the store yet: run `make sweep` first, then open {base_url}"
+    if not (known and local_store(uri).exists()):
+        return [hint]
+    client = Tracker(uri).client
+    found = []
+    for e in client.search_experiments():
+        runs = count_runs(client, e.experiment_id)
+        if runs or e.experiment_id != "0":  # MLflow's own empty "Default" is left out
+            found.append((e.name != experiment, e.name, runs, experiment_page(base_url, e.experiment_id)))
+    lines = [f"experiment '{name}' ({runs} run{'s' * (runs != 1)}): {page}" for _, name, runs, page in sorted(found)]
+    return lines if any(name == experiment for _, name, _, _ in found) else [hint, *lines]
 
 
 def serve(experiment: str, host: str = "127.0.0.1", port: int = 5000, uri: str | None = None) -> int:
     """Run the UI until Ctrl-C (or SIGTERM); print where to look. Returns the exit code."""
     uri = uri or tracking_uri()
-    command = server_command(uri, host, port)
-    shown_host = f"[{host}]" if ":" in host else host
-    base_url = f"http://{shown_host}:{port}"
+    problem = app_problem()
+    if problem:
+        print(f"warning: {problem}; the UI is MLflow's plain one, where a click may open the GenAI view "
+              "(the printed links still open the model-training view)", file=sys.stderr)
+    command = server_command(uri, host, port, app=problem is None)
     known = local_store(uri).exists()  # looked at before the server creates the file
-    if port_taken(host, port):  # else another server would answer in its place, and we would say it is ours
-        print(f"error: port {port} on {host} is taken by another process; try another: make ui PORT={port + 1}",
-              file=sys.stderr)
-        return 1
-    signal.signal(signal.SIGTERM, interrupt_once)  # `kill` stops it as cleanly as Ctrl-C
-    process = subprocess.Popen(command, env=server_env(), process_group=0)
-    try:
-        page = find_experiment(uri, experiment, base_url) if known else None
-        wait_until_up(process, base_url)
-        print(f"MLflow UI on {base_url} over {uri}; Ctrl-C stops it", flush=True)
-        if page:
-            print(f"experiment '{experiment}': {page}", flush=True)
-        else:
-            print(f"experiment '{experiment}' is not in the store yet: run `make sweep` first, "
-                  f"then open {base_url}", flush=True)
-        process.wait()
-        print(f"the MLflow server exited with code {process.returncode}", file=sys.stderr)
-        return process.returncode or 1
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("stopping the MLflow UI", flush=True)
-        return 0
-    finally:
-        stop(process)
+
+    return web_server.serve(web_server.WebServer(
+        "MLflow UI", "the MLflow server", "ui", command, server_env(), over=uri, health="/health",
+        links=lambda base_url, lines: lines, look_up=lambda base_url: experiment_links(uri, experiment, base_url, known),
+        dropped=DROPPED), host, port)

@@ -25,6 +25,7 @@ DPI = 100
 GRID_STRIDE = 2  # pixels per grid point along each axis: a quarter of the forward work
 GRID_CHUNK = 8192  # grid points x models per batched forward (see predict_regions_batched)
 TITLE_GREYS = 16  # palette entries kept for the antialiased title
+AXES = (0.15, 0.2, 0.81, 0.72)  # left, bottom, width, height in the image: the title above, the legend below
 
 
 def plane_extent(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, float, float]:
@@ -42,7 +43,9 @@ def draw_static_layer(ax, plane: Plane, labels: np.ndarray, class_names, extent)
     ax.set_ylim(extent[2], extent[3])
     ax.set_xlabel(plane.labels[0])
     ax.set_ylabel(plane.labels[1])
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    # below the axes, in one row: never over a point
+    ax.figure.legend(loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=len(class_names), fontsize=8,
+                     frameon=False, handletextpad=0.2, columnspacing=1.2)
 
 
 def nearest_indices(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -67,7 +70,7 @@ def is_harness_mlp(model: nn.Module) -> bool:
 
 
 def title_text(step: int, loss: float, accuracy: float) -> str:
-    return f"step {step}   loss {loss:.4f}   accuracy {accuracy:.3f}"
+    return f"step {step}   train loss {loss:.4f}   train accuracy {accuracy:.3f}"
 
 
 class BoundaryRenderer:
@@ -80,7 +83,7 @@ class BoundaryRenderer:
         # the static layer, drawn once on a transparent canvas
         fig = Figure(figsize=(size / DPI, size / DPI), dpi=DPI)
         fig.patch.set_alpha(0)
-        ax = fig.add_axes((0.16, 0.12, 0.80, 0.79))
+        ax = fig.add_axes(AXES)
         ax.patch.set_alpha(0)
         draw_static_layer(ax, plane, labels, class_names, self.extent)
         canvas = FigureCanvasAgg(fig)
@@ -208,7 +211,7 @@ def new_figure(regions: np.ndarray, plane: Plane, labels: np.ndarray, class_name
 
     extent = plane_extent(plane.points)
     fig = plt.figure(figsize=(size / DPI, size / DPI), dpi=DPI)
-    ax = fig.add_axes((0.16, 0.12, 0.80, 0.79))
+    ax = fig.add_axes(AXES)
     ax.imshow(REGION_COLORS[regions], extent=extent, aspect="auto", interpolation="nearest")
     draw_static_layer(ax, plane, labels, class_names, extent)
     ax.set_title(title)

@@ -2,7 +2,7 @@
 
     [sweep]
     study = "wine-sweep"
-    objective = "val_loss"            # or "val_accuracy", "iterations_to_target", or a list
+    objective = "val_loss"            # or "val_accuracy", "iterations_to_target(_held)", or a list
     [sweep.space]
     lr = { low = 1e-3, high = 1.0, log = true }
     init = { choices = ["default", "xavier_uniform"] }
@@ -20,7 +20,8 @@ from typing import Any
 from harness.core import config
 from harness.core.config import ConfigError, TrainConfig
 
-OBJECTIVES = {"val_loss": "minimize", "val_accuracy": "maximize", "iterations_to_target": "minimize"}
+OBJECTIVES = {"val_loss": "minimize", "val_accuracy": "maximize", "iterations_to_target": "minimize",
+              "iterations_to_target_held": "minimize"}
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 DEFAULT_SPACE = {
@@ -73,7 +74,8 @@ class SweepConfig:
     sampler_seed: int = 0
     """the sampler's own seed (not the model seed)"""
     objective: str | list[str] = "val_loss"
-    """final val_loss (minimize), val_accuracy (maximize), iterations_to_target (minimize), or a list"""
+    """final val_loss (minimize), val_accuracy (maximize), iterations_to_target or
+    iterations_to_target_held (minimize), or a list"""
     pruner: str = "none"
     """none, median, successive_halving or hyperband"""
     workers: int = 1

@@ -11,6 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
 from harness.tracking.tracker import RunLogger
+from harness.study.storage import OBJECTIVES_ATTR
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -37,11 +38,13 @@ def best_trials(study: optuna.Study, limit: int = 5) -> list[FrozenTrial]:
 
 
 def figures(study: optuna.Study) -> dict[str, callable]:
+    """Optuna's figures, their axes named by the objectives (not "Objective Value")."""
+    names = study.user_attrs.get(OBJECTIVES_ATTR) or [f"objective {i}" for i in range(len(study.directions))]
     if len(study.directions) > 1:
-        return {"pareto_front": lambda: optuna_plots.plot_pareto_front(study)}
-    return {"optimization_history": lambda: optuna_plots.plot_optimization_history(study),
-            "param_importances": lambda: optuna_plots.plot_param_importances(study),
-            "slice": lambda: optuna_plots.plot_slice(study)}
+        return {"pareto_front": lambda: optuna_plots.plot_pareto_front(study, target_names=names)}
+    return {"optimization_history": lambda: optuna_plots.plot_optimization_history(study, target_name=names[0]),
+            "param_importances": lambda: optuna_plots.plot_param_importances(study, target_name=names[0]),
+            "slice": lambda: optuna_plots.plot_slice(study, target_name=names[0])}
 
 
 def drawing_cost(name: str, study: optuna.Study) -> int:

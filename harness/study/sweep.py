@@ -23,7 +23,7 @@ from harness.core.config import ConfigError
 from harness.errors import NothingCompleted, ServiceError
 from harness.core.runtime import resolve_device
 from harness.study.config import Sweep
-from harness.study.storage import FAILURE_ATTR, PARENT_RUN_ATTR, SWEEP_ID_ATTR
+from harness.study.storage import FAILURE_ATTR, OBJECTIVES_ATTR, PARENT_RUN_ATTR, SWEEP_ID_ATTR
 from harness.study.trial import Job
 from harness.study.worker import work
 from harness.trainers.registry import choose
@@ -57,6 +57,8 @@ def open_study(sweep: Sweep, study_name: str, storage_url: str, tracker: Tracker
         if have != settings.directions:
             raise ConfigError(f"sweep.objective: study '{study_name}' was created to {', '.join(have)}; "
                               f"this file asks to {', '.join(settings.directions)}: choose another study name")
+        if OBJECTIVES_ATTR not in study.user_attrs:  # what Optuna's figures name their axes by (summary.py)
+            study.set_user_attr(OBJECTIVES_ATTR, settings.objectives)
         run_id = study.user_attrs.get(PARENT_RUN_ATTR)
         parent = tracker.resume_run(run_id) if run_id else None  # None: deleted in the UI, a new one is made
         if run_id and parent is None and not tracker.run_exists(run_id):

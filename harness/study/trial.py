@@ -22,15 +22,15 @@ from harness.tracking.store_check import store_fault
 from harness.study.optuna_fast import record_trial
 from harness.study.storage import FAILURE_ATTR, RUN_ID_ATTR
 from harness.tracking.tracker import Tracker
-from harness.core.train import Callbacks, TrainResult
+from harness.core.train import CONVERGENCE, Callbacks, TrainResult
 
 
 def objective_values(sweep: Sweep, result: TrainResult) -> list[float]:
     """One number per objective; an unreached target counts as one step past the longest run."""
     values = []
     for name in sweep.settings.objectives:
-        if name == "iterations_to_target":
-            reached = result.iterations_to_target
+        if name in CONVERGENCE:
+            reached = getattr(result, name)
             values.append(float(reached if reached is not None else sweep.max_iterations + 1))
         else:
             values.append(result.final[name])
@@ -66,7 +66,7 @@ def intermediate_metric(settings: SweepConfig) -> str | None:
     """What the trial reports along the way: the objective, or val_loss; None when multi-objective."""
     if len(settings.objectives) > 1:
         return None
-    return settings.objective if settings.objective != "iterations_to_target" else "val_loss"
+    return settings.objective if settings.objective not in CONVERGENCE else "val_loss"
 
 
 @dataclass

@@ -75,7 +75,7 @@ def run_trials(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace
                     # drawn here, not during training: while the writer writes the trial before
                     images, drawn[j] = draw(workspace, drawn[j]), []
                     logger, result = start_trained_run(
-                        cfg, tracker, workspace.device, batch.result(j, cfg.target_accuracy), images,
+                        cfg, tracker, workspace.device, batch.result(j, cfg), images,
                         trial_run(job, trial, run_ids, trainer=batch.trainer), callbacks=reports)
                 except ServiceError:
                     keep_reports(trial, reports.values)

@@ -1,15 +1,19 @@
 """Step images, written many at a time in MLflow's own layout.
 
 `MlflowClient.log_image(key=..., step=...)` writes, per image, a PNG, a 256-px WebP that the
-UI's image grid shows, and the `mlflow.loggedImages` tag: two artifact calls, a tag write and a
+UI's image card shows, and the `mlflow.loggedImages` tag: two artifact calls, a tag write and a
 slow WebP encode each time, about 14 ms an image here. `ImageStage` writes the same files under
 the same names (harness/tracking/mlflow_fast.py, the `image_files` fast path) into a folder,
 then hands the folder to MLflow with one `log_artifacts` call and sets the tag once per run.
 Where the run's artifacts are a local folder (a store under `mlruns/`), the files go straight
 into it instead, each under a temporary name first and then renamed, so no image is ever
-half-written there: `log_artifacts` would copy every file a second time. The thumbnail is
-lossless WebP at the fastest method (2 ms instead of 8, and smaller for these flat-coloured
-images). Where the fast path is off, each image goes through `log_image` itself.
+half-written there: `log_artifacts` would copy every file a second time.
+
+The WebP is the image at its full size, not a 256-px thumbnail: MLflow 3's image card and the
+card's enlarged (full-screen) view both show that file, at its own size, and only a click on the
+image opens the PNG; a 256-px WebP of a 384-px boundary is blurry there. It is lossless, at the
+fastest method (2 ms instead of 8, and smaller for these flat-coloured images). Where the fast
+path is off, each image goes through `log_image` itself, with MLflow's 256-px thumbnail.
 """
 
 import io
@@ -23,21 +27,12 @@ from PIL import Image
 
 BATCH = 32  # images per log_artifacts call; a sweep trial's images (21 by default) go in one
 MAX_AGE_S = 2.0  # a long run's images still reach the UI every couple of seconds
-THUMBNAIL_SIZE = 256  # MLflow's multimedia.COMPRESSED_IMAGE_SIZE (checked by mlflow_fast.check_image_files)
-
-
-def thumbnail(image: Image.Image) -> Image.Image:
-    """`log_image`'s thumbnail: the longer side scaled to THUMBNAIL_SIZE."""
-    width, height = image.size
-    scale = THUMBNAIL_SIZE / max(width, height)
-    return image.resize((max(1, int(width * scale)), max(1, int(height * scale)))).convert("RGB")
-
-
 def encoded(image: Image.Image) -> tuple[bytes, bytes]:
-    """The two files `log_image` writes for a step image: the PNG and its WebP thumbnail."""
+    """The two files `log_image` writes for a step image: the PNG, and the WebP the UI's card
+    shows, here at full size."""
     png, webp = io.BytesIO(), io.BytesIO()
     image.save(png, format="PNG", compress_level=1)
-    thumbnail(image).save(webp, format="WEBP", lossless=True, quality=0, method=0)
+    image.convert("RGB").save(webp, format="WEBP", lossless=True, quality=0, method=0)
     return png.getvalue(), webp.getvalue()
 
 

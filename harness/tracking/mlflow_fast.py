@@ -9,8 +9,9 @@
   writes them, after the store's own checks: 12-20 ms. (tests/test_mlflow_fast.py compares the
   rows with log_batch's.)
 - `image_files`: step images written in `MlflowClient.log_image`'s file layout (a PNG, a WebP
-  thumbnail, the `mlflow.loggedImages` tag), many per `log_artifacts` call or straight into a
-  local artifact folder, in place of `log_image` per image (harness/tracking/images.py).
+  for the UI's card, the `mlflow.loggedImages` tag), many per `log_artifacts` call or straight
+  into a local artifact folder, in place of `log_image` per image (harness/tracking/images.py;
+  the WebP is at full size, not log_image's blurry 256 px).
   (tests/test_tracking.py compares the files with log_image's.)
 
 `PATHS` (harness/fastpaths.py) checks once per process, before the first use, that every private name a path
@@ -35,7 +36,6 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from harness.fastpaths import FastPaths
-from harness.tracking.images import THUMBNAIL_SIZE
 
 BATCH_LIMIT = 1000  # MLflow's limit of metric values, params and tags in one log_batch
 METRIC_COLUMNS = {"run_uuid", "key", "value", "timestamp", "step", "is_nan"}
@@ -78,15 +78,14 @@ def check_image_files() -> str | None:
     """Whether `log_image` still lays out a step image as `image_filename` does, or what differs."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: F401
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository  # noqa: F401
-    from mlflow.tracking import multimedia
     from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
 
     source = inspect.getsource(MlflowClient.log_image)
     for piece in ("+step+{step}+timestamp+{timestamp}+{filename_uuid}", '+compressed"', ".png", ".webp"):
         if piece not in source:
             return f"MlflowClient.log_image no longer names its files with {piece!r}"
-    if MLFLOW_LOGGED_IMAGES != LOGGED_IMAGES_TAG or multimedia.COMPRESSED_IMAGE_SIZE != THUMBNAIL_SIZE:
-        return f"the images tag or thumbnail size changed ({MLFLOW_LOGGED_IMAGES}, {multimedia.COMPRESSED_IMAGE_SIZE})"
+    if MLFLOW_LOGGED_IMAGES != LOGGED_IMAGES_TAG:
+        return f"the images tag changed ({MLFLOW_LOGGED_IMAGES})"
     return None
 
 

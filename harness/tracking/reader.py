@@ -2,6 +2,7 @@
 newest run of a kind, and the UI's URLs. `Tracker` (harness/tracking/tracker.py) is a `RunReader`."""
 
 import os
+import shlex
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -12,10 +13,21 @@ from harness.tracking.mlflow_fast import full_size_step
 from harness.tracking.writer import DEFAULT_TRACKING_URI
 
 
+UI_BASE = "http://127.0.0.1:5000"  # where `make ui` serves a local store
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+"""MLflow 3.16-3.17's UI takes its view from this query, else from the browser's last choice
+(GenAI at first); the experiment tag `mlflow.experimentKind` (tracker.EXPERIMENT_KIND) is what
+it reads when the view is not chosen per page."""
+
+
 def experiment_page(ui_base: str, experiment_id: str) -> str:
-    """An experiment's runs table in the UI. MLflow 3.17 opens an experiment on its GenAI
-    overview unless the URL asks for the model-training view; older UIs ignore the query."""
-    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    """An experiment's runs table in the UI, in the model-training view."""
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}?{MODEL_TRAINING_VIEW}"
+
+
+def run_page(ui_base: str, experiment_id: str, run_id: str) -> str:
+    """A run's page in the UI, in the model-training view (its Model metrics tab)."""
+    return f"{ui_base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
 
 
 @contextmanager
@@ -33,9 +45,16 @@ def no_progress_bars() -> Iterator[None]:
 class RunReader:
     """What reads a store back, over `self.client` (an MlflowClient) and `self.uri`."""
 
-    def experiment_url(self, experiment: str, ui_base: str = "http://127.0.0.1:5000") -> str:
+    def experiment_url(self, experiment: str, ui_base: str = UI_BASE) -> str:
         base = self.uri.rstrip("/") if self.is_server else ui_base
         return experiment_page(base, self.experiment_id(experiment))
+
+    def run_link(self, run_id: str, ui_base: str = UI_BASE) -> str:
+        """The run's page, and for a local store how to start the UI that serves it."""
+        base = self.uri.rstrip("/") if self.is_server else ui_base
+        url = run_page(base, self.client.get_run(run_id).info.experiment_id, run_id)
+        command = self.ui_command()
+        return f"{url}  (start the UI first: {command})" if command else url
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)
@@ -86,4 +105,4 @@ class RunReader:
         """How to start a UI over this store; nothing for a server, which serves its own."""
         if self.is_server:
             return ""
-        return "make ui" if self.uri == DEFAULT_TRACKING_URI else f"mlflow ui --backend-store-uri {self.uri}"
+        return "make ui" if self.uri == DEFAULT_TRACKING_URI else f"MLFLOW_TRACKING_URI={shlex.quote(self.uri)} make ui"

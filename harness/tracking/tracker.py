@@ -36,6 +36,10 @@ from harness.tracking.commands import Batch, Forget, StepImage, WriteImages
 from harness.tracking.writer import WriteError, Writer, tracking_uri
 from harness.tracking.writer_process import WriterProcess
 
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+"""Set on every experiment the harness makes: MLflow 3's UI shows such an experiment in its
+model-training view, not the GenAI one (the UI's JavaScript reads it; no Python name exports it)."""
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -190,11 +194,13 @@ class Tracker(RunReader):
         if experiment is not None and experiment.lifecycle_stage == "deleted":
             raise ConfigError(f"experiment: '{name}' is deleted in MLflow; restore it in the UI or choose another name")
         if experiment is not None:
+            if experiment.tags.get(EXPERIMENT_KIND[0]) is None:  # made by an older version, or by hand
+                self.client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
             return experiment.experiment_id
         # a local store keeps its artifacts beside the database, under mlruns/
         location = (self.local_db.parent / "artifacts").resolve().as_uri() if self.local_db else None
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
         except MlflowException as e:  # another machine created it meanwhile
             experiment = self.client.get_experiment_by_name(name)
             if experiment is None:

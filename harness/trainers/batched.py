@@ -24,7 +24,7 @@ from harness.core.config import TrainConfig
 from harness.core.data import WineData
 from harness.core.runtime import init_generator
 from harness.core.stacked import forward, predicted_classes
-from harness.core.train import METRICS, TrainResult, first_reaching
+from harness.core.train import METRICS, TrainResult
 from harness.trainers.registry import SHARED, TORCH_FIELDS, choose
 
 
@@ -39,13 +39,13 @@ class BatchResult:
     trainer: str = "torch"
     """the trainer that ran (harness/trainers/registry.py)"""
 
-    def result(self, k: int, target_accuracy: float) -> TrainResult:
-        """Model k's outcome, in the same form as the single-model loop returns it."""
+    def result(self, k: int, cfg: TrainConfig) -> TrainResult:
+        """Model k's outcome, in the same form as the single-model loop returns it (`cfg`: its
+        target and hold_steps)."""
         steps = slice(0, int(self.last_step[k]) + 1)
         out = TrainResult(history={m: self.history[m][steps, k].tolist() for m in METRICS},
                           diverged=bool(self.diverged[k]))
-        out.iterations_to_target = first_reaching(out.history["train_accuracy"], target_accuracy)
-        return out
+        return out.measure(cfg)
 
 
 def stacked_parameters(cfgs: list[TrainConfig], n_inputs: int, device: torch.device) -> list[torch.Tensor]:

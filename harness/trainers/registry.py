@@ -66,7 +66,7 @@ def declare(followed: tuple[str, ...], shared: tuple[str, ...], outside: tuple[s
     return {**{k: FOLLOWED for k in followed}, **{k: SHARED for k in shared}, **{k: OUTSIDE for k in outside}, **only}
 
 
-NOT_TRAINING = ("experiment", "run_name", "target_accuracy", "plot_every", "image_size")  # logging, measuring, drawing
+NOT_TRAINING = ("experiment", "run_name", "target_accuracy", "hold_steps", "plot_every", "image_size")  # logging, measuring, drawing
 
 # The loop (core/train.py) and the batched torch ops (batched.py, checked against it): all of it, on any device.
 TORCH_FIELDS = declare(followed=("init", "init_std", "seed", "lr", "momentum", "iterations"),
