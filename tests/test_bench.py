@@ -3,6 +3,7 @@ import pytest
 from conftest import run_cli
 
 
+@pytest.mark.slow  # make bench --quick end to end, 11 s: make test-slow (and CI) runs it
 def test_bench_prints_the_render_and_call_figures(cli_env):
     proc = run_cli("bench", "--quick", "--only", "render", "--only", "calls", "--only", "seeds", env=cli_env)
     assert proc.returncode == 0, proc.stderr

@@ -15,7 +15,7 @@ from harness.core import config
 from harness.analysis.compare_config import CompareOptions
 from harness.core.config import ConfigError
 from harness.experiment import RunSpec, record_trained_run
-from harness.analysis.report import terminal_table, trial_gifs
+from harness.analysis.report import band_name, band_tables, terminal_table, trial_gifs
 from harness.analysis.report_files import write_report
 from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.core.train import TrainResult
@@ -172,6 +172,7 @@ def test_a_seed_scan_report_matches_the_scan_and_its_retrained_boundaries(tmp_pa
         compare.scan_comparison(run_id, "", tracker, CompareOptions(step=121))
 
 
+@pytest.mark.slow  # a command per case, 20 s: make test-slow (and CI) runs it
 def test_compare_errors_are_one_line(tmp_path, cli_env, known_study):
     name, storage, parent = known_study
     env = {**cli_env, "OPTUNA_STORAGE": storage}
@@ -184,3 +185,22 @@ def test_compare_errors_are_one_line(tmp_path, cli_env, known_study):
                           (["experiments/lecture.toml"], "has neither a [sweep] table")]:
         result = run_cli("compare", *args, env=env)
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_table_of_one_value_is_one_line_and_a_scan_is_labelled_by_its_lr():
+    """A scan of networks that all end at the same val_accuracy (46 of 54 points): one line, not
+    a table of equal cells; its one band is named by its lr, not by the decade it falls in."""
+    base = config.build({"lr": 0.7, "iterations": STEPS - 1})
+    history = known_result(20, 46 / 54).history
+    curves = [compare.Curve(f"seed {k}", k, 0.7, {m: np.array(v) for m, v in history.items()}, 20, 20)
+              for k in range(6)]
+    options = CompareOptions(min_trials=5)
+    c = compare.Comparison("scan", "scan", "run", base.target_accuracy, base.hold_steps, compare.points_of(base),
+                           options, compare.make_bands(curves, options), "a seed scan varies only the seed", base=base)
+    first, held, accuracy = band_tables(c)
+    assert accuracy.same == "0.852 for every one of the 6 networks (finished): 46 of the 54 validation points"
+    assert "final val_accuracy (networks that ran all their iterations): 0.852 for every one" in terminal_table(c)
+    assert first.same == "20 for every one of the 6 networks (reached)"
+    assert held.same == "20 for every one of the 6 networks (held)"
+    assert [row[0] for row in accuracy.rows] == ["0.7"] and band_name(c, c.bands[0]) == "lr 0.7"
+    assert c.target_points == "106 of 124"

@@ -20,7 +20,8 @@ from harness.study.summary import draw_figures
 from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR, Budget
 from harness.study.sweep import run_sweep
 from harness.experiment import Workspace
-from harness.study.trial import ReportToTrial
+from harness.study.trial import ReportToTrial, intermediate_metric, objective_values
+from harness.core.train import TrainResult
 from harness.study.worker import prepare_workspace
 from conftest import PARITY, ROOT, run_cli, wait_until
 from test_tracking import image_steps
@@ -376,6 +377,20 @@ def test_sweep_config_errors_are_one_line_before_any_trial(tmp_path, stores, tex
     assert proc.stderr.strip() == f"error: {proc.stderr.strip()[7:]}" and message in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_iterations_to_target_held_is_an_objective_and_an_unreached_target_counts_past_the_longest_run(tmp_path):
+    text = ('[sweep]\nobjective = ["iterations_to_target_held", "val_loss"]\n'
+            '[sweep.space]\niterations = { low = 50, high = 80 }\n')
+    sweep = study_config.load(write(tmp_path, text))
+    assert sweep.settings.directions == ["minimize", "minimize"]
+    assert intermediate_metric(sweep.settings) is None  # several objectives: nothing to prune on
+    held = TrainResult(history={"val_loss": [0.5, 0.4]}, iterations_to_target=10, iterations_to_target_held=30)
+    assert objective_values(sweep, held) == [30.0, 0.4]
+    never = TrainResult(history={"val_loss": [0.5, 0.4]}, iterations_to_target=10)
+    assert objective_values(sweep, never) == [81.0, 0.4]  # one step past the longest run the space allows
+    alone = study_config.load(write(tmp_path, '[sweep]\nobjective = "iterations_to_target_held"\n'))
+    assert intermediate_metric(alone.settings) == "val_loss"  # what a pruner watches for it
 
 
 def test_a_worker_prepares_the_workspace_its_trials_use(tmp_path):
