@@ -238,6 +238,13 @@ def cmd_services(args: argparse.Namespace) -> int:
     return 0
 
 
+def web_server_options(command: argparse.ArgumentParser, port: int, what: str) -> None:
+    """--port, --host and --allow-remote of a web server run until Ctrl-C (harness/ops/web_server.py)."""
+    command.add_argument("--port", type=int, default=port, help=f"port (default: {port})")
+    command.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; only loopback addresses)")
+    command.add_argument("--allow-remote", action="store_true", help=f"bind a non-loopback --host anyway ({what} has no login)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -276,17 +283,13 @@ def parser() -> argparse.ArgumentParser:
 
     ui = sub.add_parser("ui", help="the MLflow UI over the tracking store, on 127.0.0.1 until Ctrl-C")
     ui.add_argument("experiment", nargs="?", help=f"experiment TOML file whose MLflow experiment to link (default: {DEFAULT_STUDY})")
-    ui.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
-    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; only loopback addresses)")
-    ui.add_argument("--allow-remote", action="store_true", help="bind a non-loopback --host anyway (the UI has no login)")
+    web_server_options(ui, 5000, "the UI")
     ui.set_defaults(func=cmd_ui)
 
     dashboard = sub.add_parser("dashboard", help="optuna-dashboard over the study storage, on 127.0.0.1 until Ctrl-C")
     dashboard.add_argument("experiment", nargs="?", help=f"experiment TOML file whose study to link (default: {DEFAULT_STUDY})")
     dashboard.add_argument("--study", help="study name to link (default: the file's sweep.study)")
-    dashboard.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
-    dashboard.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1; only loopback addresses)")
-    dashboard.add_argument("--allow-remote", action="store_true", help="bind a non-loopback --host anyway (the dashboard has no login)")
+    web_server_options(dashboard, 8080, "the dashboard")
     dashboard.set_defaults(func=cmd_dashboard)
 
     export = sub.add_parser("export", help="a study's trials as a CSV file: params, final metrics, MLflow run ids")

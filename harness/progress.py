@@ -6,6 +6,7 @@ with the elapsed time, on stderr; in a pipe or a file, nothing (a log stays a lo
 phase (a batch trained at once, a report drawn) has no steps to count.
 """
 
+import shutil
 import sys
 import threading
 import time
@@ -19,15 +20,16 @@ def on_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def bar(total: int, desc: str, unit: str) -> tqdm:
-    """A tqdm bar on stderr, off in a pipe; gone from the terminal once closed."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=not on_terminal(), leave=False, file=sys.stderr,
-                dynamic_ncols=True)
+def bar(total: int, desc: str, unit: str, shown: bool = True) -> tqdm:
+    """A tqdm bar on stderr, off in a pipe (and where not `shown`); gone from the terminal once closed."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not (shown and on_terminal()), leave=False,
+                file=sys.stderr, dynamic_ncols=True)
 
 
 class Status:
     """A line `phase ... 12 s`, redrawn twice a second on a terminal until the block ends; `set`
-    changes the phase. Nothing at all in a pipe.
+    changes the phase. Nothing at all in a pipe. What the command prints meanwhile (a note, a
+    warning) goes on a line of its own: the status line is blanked first, and redrawn after.
 
         with Status("training 1000 seeds") as status:
             ...
@@ -41,13 +43,16 @@ class Status:
         self.start = time.monotonic()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._redraw, daemon=True)
-        self.width = 0
+        self.lock = threading.Lock()
+        self.drawn = 0  # characters of the status line on the terminal now
+        self.streams = (sys.stdout, sys.stderr)
 
     def set(self, phase: str) -> None:
         self.phase = phase
 
     def __enter__(self) -> "Status":
         if self.enabled:
+            sys.stdout, sys.stderr = (Blanking(stream, self) for stream in self.streams)
             self.thread.start()
         return self
 
@@ -55,17 +60,42 @@ class Status:
         if self.enabled:
             self.stopped.set()
             self.thread.join()
-            sys.stderr.write("\r" + " " * self.width + "\r")  # the line is gone; the results follow
-            sys.stderr.flush()
+            sys.stdout, sys.stderr = self.streams
+            with self.lock:
+                self.blank()  # the line is gone; the results follow
+
+    def blank(self) -> None:
+        """Under the lock: the status line off the terminal."""
+        if self.drawn:
+            self.streams[1].write("\r" + " " * self.drawn + "\r")
+            self.streams[1].flush()
+            self.drawn = 0
 
     def _redraw(self) -> None:
         while True:
-            line = f"{self.phase} ... {time.monotonic() - self.start:.0f} s"
-            sys.stderr.write("\r" + line.ljust(self.width))
-            sys.stderr.flush()
-            self.width = max(self.width, len(line))
+            width = shutil.get_terminal_size().columns - 1  # a wrapped line would not be redrawn in place
+            line = f"{self.phase} ... {time.monotonic() - self.start:.0f} s"[:width]
+            with self.lock:
+                self.streams[1].write("\r" + line.ljust(self.drawn))
+                self.streams[1].flush()
+                self.drawn = max(self.drawn, len(line))
             if self.stopped.wait(self.INTERVAL):
                 return
+
+
+class Blanking:
+    """A stream that blanks the status line before what is written to it."""
+
+    def __init__(self, stream, status: Status):
+        self.stream, self.status = stream, status
+
+    def write(self, text: str) -> int:
+        with self.status.lock:
+            self.status.blank()
+            return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 class Quiet(Status):

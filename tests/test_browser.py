@@ -105,15 +105,30 @@ def study(tmp_path_factory):
         server.close()
 
 
-@pytest.fixture(scope="module")
-def browser(study):
+def headless_chromium():
+    """Debian's chromium, headless, driven by Playwright through `executable_path` (a browser is
+    never downloaded); a context manager giving the browser."""
+    from contextlib import contextmanager
+
     from playwright.sync_api import expect as playwright_expect, sync_playwright
 
-    playwright_expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+    @contextmanager
+    def launched():
+        playwright_expect.set_options(timeout=TIMEOUT_MS)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+            try:
+                yield browser
+            finally:
+                browser.close()
+
+    return launched()
+
+
+@pytest.fixture(scope="module")
+def browser(study):
+    with headless_chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture

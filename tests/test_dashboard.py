@@ -21,24 +21,15 @@ import pytest
 from harness.ops import dashboard
 from harness.ops.services import port_taken
 from conftest import ROOT, DashboardProcess, free_port, group_alive, run_cli
-from test_browser import CHROMIUM_ARGS, TIMEOUT_MS, chromium, expect
+import test_browser
+from test_browser import TIMEOUT_MS, chromium, expect, headless_chromium
 import test_make_variables
 from test_make_variables import NASTY
 
 make = test_make_variables.make  # the fixture: `make <target> NAME=value` records what the command got
 
 STUDY = "dashboard-study"
-STUDY_FILE = f"""
-experiment = "dashboard-sweep"
-iterations = 30
-device = "cpu"
-[sweep]
-study = "{STUDY}"
-trials = 3
-[sweep.space]
-lr = {{ low = 0.05, high = 1.0, log = true }}
-seed = {{ low = 0, high = 9999 }}
-"""
+STUDY_FILE = test_browser.STUDY_FILE.replace(test_browser.STUDY, STUDY).replace(test_browser.EXPERIMENT, "dashboard-sweep")
 
 
 def stores(tmp_path) -> dict[str, str]:
@@ -127,15 +118,10 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(served):
-    from playwright.sync_api import expect as playwright_expect, sync_playwright
-
-    playwright_expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+    with headless_chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 820})
         page.set_default_timeout(TIMEOUT_MS)
         yield page
-        browser.close()
 
 
 @pytest.mark.browser

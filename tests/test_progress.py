@@ -65,11 +65,14 @@ def test_train_shows_a_step_bar_on_a_terminal_and_links_its_run(cli_env, session
 def test_a_status_line_redraws_with_the_time_and_clears_itself(capsys):
     with Status("training 3 seeds", enabled=True) as status:
         time.sleep(0.7)
+        print("a note meanwhile")
         status.set("drawing")
         time.sleep(0.6)
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert err.startswith("\rtraining 3 seeds ... 0 s") and "\rdrawing ... 1 s" in err
     assert err.endswith("\r")  # blanked: what the command prints next starts on a clean line
+    assert out == "a note meanwhile\n"  # on a line of its own: the status line was blanked before it
+    assert "\r" + " " * len("training 3 seeds ... 0 s") + "\r" in err.split("drawing")[0]
     with Status("quiet", enabled=False):
         time.sleep(0.6)
     assert capsys.readouterr().err == ""

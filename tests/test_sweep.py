@@ -18,7 +18,8 @@ from harness.study import config as study_config, pool as workers
 from harness.errors import NothingCompleted
 from harness.study.summary import draw_figures
 from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR, Budget
-from harness.study.sweep import run_sweep
+from harness.study.sweep import check_measure, run_sweep
+from harness.core.config import ConfigError
 from harness.experiment import Workspace
 from harness.study.trial import ReportToTrial, intermediate_metric, objective_values
 from harness.core.train import TrainResult
@@ -370,6 +371,9 @@ def test_a_killed_worker_is_detected_failed_and_retried(tmp_path, stores):
     ("[sweep]\nsampler_seed = -1\n", "sweep.sampler_seed: must be in [0, 2**32)"),
     ("[sweep]\nheartbeat_interval = 5\ngrace_period = 6\n", "sweep.grace_period: must be >= 2 x heartbeat_interval"),
     ("[sweep.space]\nval_fraction = { choices = [0.99] }\n", "sweep.space.val_fraction: 0.99 is not a valid value"),
+    ("[sweep.space]\nhold_steps = { low = 1, high = 5 }\n", "sweep.space.hold_steps: is what every trial is measured by"),
+    ('[sweep]\nobjective = "iterations_to_target_held"\n[sweep.space]\niterations = { low = 10, high = 50 }\n',
+     "hold_steps: 20 is longer than the shortest trial (10 iterations, 11 steps)"),
 ])
 def test_sweep_config_errors_are_one_line_before_any_trial(tmp_path, stores, text, message):
     proc = run_cli("sweep", str(write(tmp_path, text)), env=stores)
@@ -391,6 +395,17 @@ def test_iterations_to_target_held_is_an_objective_and_an_unreached_target_count
     assert objective_values(sweep, never) == [81.0, 0.4]  # one step past the longest run the space allows
     alone = study_config.load(write(tmp_path, '[sweep]\nobjective = "iterations_to_target_held"\n'))
     assert intermediate_metric(alone.settings) == "val_loss"  # what a pruner watches for it
+
+
+def test_a_study_keeps_what_its_trials_are_measured_by(tmp_path):
+    study = optuna.create_study()
+    first = study_config.load(write(tmp_path, '[sweep]\nobjective = "val_loss"\n'))
+    check_measure(study, first)
+    check_measure(study, first)  # the same file continues it
+    for text, key in [('hold_steps = 5\n[sweep]\nobjective = "val_loss"\n', "hold_steps"),
+                      ('[sweep]\nobjective = "iterations_to_target_held"\n', "sweep.objective")]:
+        with pytest.raises(ConfigError, match=f"^{key}: study '{study.study_name}' measures its trials by"):
+            check_measure(study, study_config.load(write(tmp_path, text)))
 
 
 def test_a_worker_prepares_the_workspace_its_trials_use(tmp_path):

@@ -62,16 +62,25 @@ def test_iterations_to_target_is_the_first_step_reaching_it(wine, cpu):
 
 def test_steps_to_target_by_hand():
     nan = float("nan")
+
+    def at(target=0.85, hold=3, **keys):
+        return config.build({"target_accuracy": target, "hold_steps": hold, "iterations": 5, **keys})
+
     # two networks (columns): one dips after its first crossing, one stops measuring (NaN)
     accuracy = np.array([[0.5, 0.5], [0.9, 0.9], [0.5, 0.9], [0.9, 0.9], [0.9, nan], [0.9, nan]])
-    first, held = steps_to_target(accuracy, 0.85, hold_steps=3)
-    assert first.tolist() == [1, 1] and held.tolist() == [3, 1]
-    assert steps_to_target(accuracy, 0.85, hold_steps=4)[1].tolist() == [-1, -1]  # the run ends first
-    assert steps_to_target(accuracy, 0.85, hold_steps=1)[1].tolist() == first.tolist()
-    assert steps_to_target(accuracy, 0.95, hold_steps=2)[0].tolist() == [-1, -1]
-    assert steps_to_target(accuracy[:2], 0.85, hold_steps=3)[1].tolist() == [-1, -1]  # fewer steps than the hold
-    # at the target exactly counts: 106 of 124 points is 0.8548... >= 0.85
-    assert steps_to_target(np.array([[106 / 124]]), 0.85, hold_steps=1)[0].tolist() == [0]
+    first, held = steps_to_target(accuracy, at())
+    assert first == [1, 1] and held == [3, 1]
+    assert steps_to_target(accuracy, at(hold=4))[1] == [None, None]  # the run ends first
+    assert steps_to_target(accuracy, at(hold=1))[1] == first
+    assert steps_to_target(accuracy, at(target=0.95, hold=2))[0] == [None, None]
+    assert steps_to_target(accuracy[:2], at())[1] == [None, None]  # fewer steps than the hold
+    assert steps_to_target(accuracy[:0], at()) == ([None, None], [None, None])  # nothing measured
+    # at the target exactly counts, in float32 as in float64: 144 of the 160 training points
+    # (val_fraction 0.1) is 0.9, which float32 rounds below 0.9 as a float64
+    exact = at(target=0.9, hold=1, val_fraction=0.1)
+    for dtype in (np.float32, np.float64):
+        assert steps_to_target(np.array([[143 / 160], [144 / 160]], dtype=dtype), exact) == ([1], [1])
+
 
 
 def test_a_non_finite_loss_stops_the_run(wine, cpu):

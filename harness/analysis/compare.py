@@ -229,9 +229,9 @@ def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOpti
             print(f"trial {trial.number}: its MLflow run {run_id} cannot be read ({e}); left out")
             continue
         cfg = from_params(run.data.params)
-        base = base or cfg  # the target of the study's first trial measures all (the target is fixed)
+        base = base or cfg  # its target and hold measure every trial: a study keeps one (sweep.check_measure)
         history = tracker.metric_histories(run_id, list(METRICS))
-        (reached,), (held,) = convergence(history["train_accuracy"][:, None], base)
+        (reached,), (held,) = steps_to_target(history["train_accuracy"][:, None], base)
         curves.append(Curve(f"trial-{trial.number}", cfg.seed, cfg.lr, history, reached, held, run_id,
                             tracker.image_steps(run_id, "boundary"), finished=trial.state == TrialState.COMPLETE))
     if not curves:
@@ -261,7 +261,7 @@ def scan_comparison(run_id: str | None, experiment: str, tracker: Tracker, optio
                               "run make seeds again") from None
         seeds, history = saved["seed"], {m: saved[m] for m in METRICS}
     curves = []
-    reached, held = convergence(history["train_accuracy"], base)
+    reached, held = steps_to_target(history["train_accuracy"], base)
     for k, seed in enumerate(seeds.tolist()):
         h = {m: history[m][:, k] for m in METRICS}
         measured = np.isfinite(h["train_loss"])
@@ -277,10 +277,3 @@ def scan_comparison(run_id: str | None, experiment: str, tracker: Tracker, optio
 
 def points_of(cfg: TrainConfig) -> str:
     return f"{target_points(cfg)} of {train_size(cfg)}"
-
-
-def convergence(train_accuracy: np.ndarray, cfg: TrainConfig) -> tuple[list[int | None], list[int | None]]:
-    """Each network's iterations_to_target and iterations_to_target_held, from its logged curve
-    (columns of `train_accuracy`), by the one definition (`train.steps_to_target`)."""
-    first, held = steps_to_target(train_accuracy, cfg.target_accuracy, cfg.hold_steps)
-    return ([int(v) if v >= 0 else None for v in first], [int(v) if v >= 0 else None for v in held])

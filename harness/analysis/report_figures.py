@@ -54,8 +54,9 @@ def curves_figure(c: Comparison) -> Figure:
         axes[1, j].set_xlabel("step (SGD updates)")
     axes[0, 0].set_ylabel("train_loss")
     axes[1, 0].set_ylabel("train_accuracy")
-    if len(c.bands[0].curves) >= 10:
-        axes[0, 0].legend(loc="upper right", fontsize=8)
+    banded = [j for j, band in enumerate(c.bands) if len(band.curves) >= 10]
+    if banded:
+        axes[0, banded[0]].legend(loc="upper right", fontsize=8)
     fig.colorbar(mapper, ax=axes, shrink=0.8,
                  label=f"iterations to {c.target_accuracy:.0%} train accuracy, held {c.hold_steps} steps (grey: never)")
     return fig

@@ -68,11 +68,10 @@ def percentiles(history: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def per_seed_rows(scan: SeedScan, batch: BatchResult) -> list[dict]:
-    first, held = steps_to_target(batch.history["train_accuracy"], scan.base.target_accuracy, scan.base.hold_steps)
+    first, held = steps_to_target(batch.history["train_accuracy"], scan.base)
     last = batch.last_step.astype(int)
     finals = {m: batch.history[m][last, np.arange(scan.count)] for m in METRICS}
-    return [{"seed": seed, "iterations_to_target": int(first[k]) if first[k] >= 0 else None,
-             "iterations_to_target_held": int(held[k]) if held[k] >= 0 else None,
+    return [{"seed": seed, "iterations_to_target": first[k], "iterations_to_target_held": held[k],
              "diverged": bool(batch.diverged[k]), **{f"final_{m}": float(finals[m][k]) for m in METRICS}}
             for k, seed in enumerate(scan.seeds)]
 
@@ -128,7 +127,7 @@ def description(scan: SeedScan, summary: dict) -> str:
             f"alone. {summary['held']} of {scan.count} seeds reached {base.target_accuracy:.0%} train accuracy "
             f"({target_points(base)} of {train_size(base)} training points) and held it for {base.hold_steps} steps; "
             f"{summary['reached']} reached it at least once.\n\n"
-            "- **Model metrics**: the image cards `loss_fan` (every seed's train loss, with p10-p90) and "
+            "- **Model metrics**: the image cards `loss_fan` (the train loss of up to 300 seeds, and p10-p90 of all) and "
             "`iterations_to_target_histogram`; the charts `<metric>_p10`, `_median`, `_p90` across seeds at each step.\n"
             "- **Artifacts**: `figures/` (the same two figures), `seeds.csv` (one row per seed) and `histories.npz` "
             "(every seed's curves, which `make compare` reads).")

@@ -141,7 +141,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           f"of the split (about 0.02 to 0.98), got {cfg.val_fraction}")
     if not 0 < cfg.target_accuracy <= 1:
         raise ConfigError(f"target_accuracy: must be in (0, 1], got {cfg.target_accuracy}")
-    if cfg.hold_steps < 1:
+    if cfg.hold_steps < 1:  # a hold longer than the run is allowed: it is never met (a sweep refuses it as its objective)
         raise ConfigError(f"hold_steps: must be >= 1, got {cfg.hold_steps}")
     if not 256 <= cfg.image_size <= 2048:
         raise ConfigError(f"image_size: must be in [256, 2048], got {cfg.image_size}")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from harness.core import model as model_lib
-from harness.core.config import TrainConfig
+from harness.core.config import TrainConfig, target_points, train_size
 from harness.core.data import WineData
 from harness.core.runtime import seed_everything
 
@@ -56,10 +56,8 @@ class TrainResult:
 
     def measure(self, cfg: TrainConfig) -> "TrainResult":
         """Set both iterations-to-target values from the history (`steps_to_target`)."""
-        first, held = steps_to_target(np.array(self.history["train_accuracy"], dtype=float)[:, None],
-                                      cfg.target_accuracy, cfg.hold_steps)
-        self.iterations_to_target = int(first[0]) if first[0] >= 0 else None
-        self.iterations_to_target_held = int(held[0]) if held[0] >= 0 else None
+        (self.iterations_to_target,), (self.iterations_to_target_held,) = steps_to_target(
+            np.array(self.history["train_accuracy"], dtype=float).reshape(-1, 1), cfg)
         return self
 
 
@@ -75,21 +73,25 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.M
     return criterion(logits, y).item(), accuracy(logits, y)
 
 
-def steps_to_target(train_accuracy: np.ndarray, target: float, hold_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each column (a network) of `train_accuracy`, shape (steps, K), with NaN after a
-    network's last step: `iterations_to_target`, the first step k whose accuracy is at or above
-    `target`, and `iterations_to_target_held`, the first step k from which it stays there for
-    `hold_steps` steps (k .. k + hold_steps - 1, all measured). -1 where there is none.
-    Step k is the network after k SGD updates (step 0: as initialized)."""
-    at = np.nan_to_num(train_accuracy, nan=-1.0) >= target
+def steps_to_target(train_accuracy: np.ndarray, cfg: TrainConfig) -> tuple[list[int | None], list[int | None]]:
+    """For each column (a network) of `train_accuracy`, shape (steps, K), NaN after a network's
+    last step: `iterations_to_target`, the first step k at which it classifies at least
+    `target_points(cfg)` of the training points right (train accuracy at or above
+    target_accuracy), and `iterations_to_target_held`, the first step k from which it stays there
+    for `hold_steps` steps (k .. k + hold_steps - 1, all measured). None where there is none.
+    Step k is the network after k SGD updates (step 0: as initialized). Counted in points, so a
+    float32 accuracy and a float64 one of the same network give the same steps."""
+    threshold = (target_points(cfg) - 0.5) / train_size(cfg)  # half a point below the target's count
+    at = np.nan_to_num(np.asarray(train_accuracy, dtype=np.float64), nan=-1.0) >= threshold
     steps, count = at.shape
-    first = np.where(at.any(axis=0), at.argmax(axis=0), -1)
-    if hold_steps > steps:
-        return first, np.full(count, -1)
-    ups = np.concatenate([np.zeros((1, count), dtype=np.int64), np.cumsum(at, axis=0)])
-    window = ups[hold_steps:] - ups[:-hold_steps] == hold_steps  # (steps - hold_steps + 1, K)
-    held = np.where(window.any(axis=0), window.argmax(axis=0), -1)
-    return first, held
+    first = np.where(at.any(axis=0), at.argmax(axis=0), -1) if steps else np.full(count, -1)
+    if cfg.hold_steps > steps:
+        held = np.full(count, -1)
+    else:
+        ups = np.concatenate([np.zeros((1, count), dtype=np.int64), np.cumsum(at, axis=0)])
+        window = ups[cfg.hold_steps:] - ups[:-cfg.hold_steps] == cfg.hold_steps  # (steps - hold_steps + 1, K)
+        held = np.where(window.any(axis=0), window.argmax(axis=0), -1)
+    return ([int(v) if v >= 0 else None for v in first], [int(v) if v >= 0 else None for v in held])
 
 
 def record_step(result: TrainResult, step: int, metrics: dict[str, float], callbacks: Callbacks) -> bool:

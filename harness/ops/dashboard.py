@@ -37,9 +37,9 @@ def split_password(url: str) -> tuple[str, str, dict[str, str]]:
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        return url, url, {}
+        return url, url.split("@")[-1] if "@" in url else url, {}  # nothing before the host is shown
     if parsed.password is None or not parsed.drivername.startswith("postgresql"):
-        return url, url, {}
+        return url, parsed.render_as_string(hide_password=True), {}
     served = sqlalchemy.engine.URL.create(parsed.drivername, parsed.username, None, parsed.host, parsed.port,
                                           parsed.database, parsed.query)
     return (served.render_as_string(hide_password=False),

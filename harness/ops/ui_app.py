@@ -4,7 +4,8 @@ browser's default.
 MLflow 3.16-3.17's UI shows an experiment and its runs in its GenAI view or its model-training
 view. It takes the view from the page's `workflowType` query, which every link the harness
 prints carries (harness/tracking/reader.py), else from what the browser last chose, kept in
-its localStorage, else GenAI. The links inside the UI (a run's name in the runs table, the
+its localStorage, else GenAI; the experiment tag `mlflow.experimentKind`, which the harness sets
+too (tracking/tracker.py), is read only by UIs that choose by the experiment, not by these. The links inside the UI (a run's name in the runs table, the
 breadcrumbs) carry no query, so a click from a printed link would land in the GenAI view. This
 app adds one line of JavaScript to the UI's page that stores the model-training view as the
 browser's choice where it has made none; a choice made in the UI's own toggle stands.
@@ -19,6 +20,7 @@ one line where it does not (the printed links keep working; a click may then ope
 from pathlib import Path
 
 VIEW_KEY = "mlflow.workflowType"  # the UI's storage key, versioned by it as `<key>_v1`
+PAGES = ("/", "/index.html")  # where the UI's page is served (under the server's static prefix, if any)
 SCRIPT = ("<script>try{var k='" + VIEW_KEY + "_v1';if(localStorage.getItem(k)===null)"
           "localStorage.setItem(k,JSON.stringify('machine_learning'))}catch(e){}</script>")
 
@@ -32,8 +34,11 @@ def view_key_in_use() -> bool:
 
 
 def with_default_view(response):
-    """Flask `after_request`: the UI's HTML page gets SCRIPT at the start of its <head>."""
-    if response.status_code != 200 or response.mimetype != "text/html":
+    """Flask `after_request`: the UI's page gets SCRIPT at the start of its <head>; nothing else
+    does (an HTML artifact, such as a report, is served as it was logged)."""
+    from flask import request
+
+    if request.path not in PAGES or response.status_code != 200 or response.mimetype != "text/html":
         return response
     response.direct_passthrough = False  # a file response: read it to change it
     page = response.get_data(as_text=True)

@@ -22,6 +22,7 @@ from harness.core.config import ConfigError, TrainConfig
 
 OBJECTIVES = {"val_loss": "minimize", "val_accuracy": "maximize", "iterations_to_target": "minimize",
               "iterations_to_target_held": "minimize"}
+MEASURE = ("target_accuracy", "hold_steps")  # one yardstick for every trial of a study
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 DEFAULT_SPACE = {
@@ -124,6 +125,9 @@ class Sweep:
 def parse_param(name: str, spec: Any) -> Param:
     if name not in {f.name for f in dataclasses.fields(TrainConfig)}:
         raise ConfigError(f"sweep.space.{name}: unknown config key; allowed: {', '.join(f.name for f in dataclasses.fields(TrainConfig))}")
+    if name in MEASURE:
+        raise ConfigError(f"sweep.space.{name}: is what every trial is measured by, so it cannot be searched; "
+                          f"fix it at the top level of the file")
     if not isinstance(spec, dict):
         raise ConfigError(f"sweep.space.{name}: expected a table {{ low = .., high = .. }} or {{ choices = [..] }}")
     unknown = set(spec) - {"low", "high", "log", "choices"}
@@ -207,4 +211,9 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Sweep:
                 config.build({**values, param.name: extreme})
             except ConfigError as e:
                 raise ConfigError(f"sweep.space.{param.name}: {extreme!r} is not a valid value ({e})") from None
-    return Sweep(fixed=values, settings=settings, base=base)
+    sweep = Sweep(fixed=values, settings=settings, base=base)
+    shortest = min(cfg.iterations for cfg in sweep.corners())
+    if "iterations_to_target_held" in settings.objectives and base.hold_steps > shortest + 1:
+        raise ConfigError(f"hold_steps: {base.hold_steps} is longer than the shortest trial ({shortest} iterations, "
+                          f"{shortest + 1} steps): its iterations_to_target_held could never be met")
+    return sweep

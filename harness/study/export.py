@@ -62,10 +62,8 @@ def study_experiment(study: optuna.Study, tracker: Tracker, run_ids: list[str]) 
     """The study's MLflow experiment: its parent run's, else its first trial run's."""
     for run_id in (study.user_attrs.get(PARENT_RUN_ATTR), *run_ids[:1]):
         if run_id:
-            try:
+            if tracker.run_exists(run_id):  # else removed from the store (or in another store); other errors raise
                 return tracker.get_run(run_id).info.experiment_id
-            except Exception:  # the run was removed from the store (or is in another store)
-                continue
     return None
 
 

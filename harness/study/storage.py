@@ -39,7 +39,7 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 RUN_ID_ATTR = "mlflow_run_id"
 SWEEP_ID_ATTR = "sweep_id"  # the command that added a trial: `Budget`
 FAILURE_ATTR = "failure"  # a failed trial's error, in one line
-OBJECTIVES_ATTR = "objectives"  # the study's objective names, in order
+MEASURE_ATTR = "measure"  # what a study's trials are measured by: objectives, target_accuracy, hold_steps
 
 
 def storage_url() -> str:

@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
 from harness.tracking.tracker import RunLogger
-from harness.study.storage import OBJECTIVES_ATTR
+from harness.study.storage import MEASURE_ATTR
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -27,6 +27,8 @@ class SweepSummary:
     experiment_url: str
     parent_run_id: str
     ui_command: str = "make ui"
+    run_link: str = ""
+    """the parent run's page (RunReader.run_link)"""
 
 
 def best_trials(study: optuna.Study, limit: int = 5) -> list[FrozenTrial]:
@@ -39,7 +41,7 @@ def best_trials(study: optuna.Study, limit: int = 5) -> list[FrozenTrial]:
 
 def figures(study: optuna.Study) -> dict[str, callable]:
     """Optuna's figures, their axes named by the objectives (not "Objective Value")."""
-    names = study.user_attrs.get(OBJECTIVES_ATTR) or [f"objective {i}" for i in range(len(study.directions))]
+    names = study.user_attrs.get(MEASURE_ATTR, {}).get("objectives") or [f"objective {i}" for i in range(len(study.directions))]
     if len(study.directions) > 1:
         return {"pareto_front": lambda: optuna_plots.plot_pareto_front(study, target_names=names)}
     return {"optimization_history": lambda: optuna_plots.plot_optimization_history(study, target_name=names[0]),
@@ -85,7 +87,7 @@ def log_figures(study: optuna.Study, parent: RunLogger, draw=draw_figures) -> li
 
 
 def summarize(study: optuna.Study, objectives: list[str], parent: RunLogger, experiment_url: str,
-              ui_command: str, with_figures: bool = True, draw=draw_figures) -> SweepSummary:
+              ui_command: str, with_figures: bool = True, draw=draw_figures, run_link: str = "") -> SweepSummary:
     """Write the best trial and the figures (drawn by `draw`) to the parent run; return what the table shows."""
     trials = study.get_trials(deepcopy=False)
     counts = {s: sum(1 for t in trials if t.state.name == s) for s in STATES}
@@ -104,7 +106,7 @@ def summarize(study: optuna.Study, objectives: list[str], parent: RunLogger, exp
             tags["figures_skipped"] = ",".join(skipped)
     parent.set_tags(tags)
     return SweepSummary(study.study_name, objectives, [d.name.lower() for d in study.directions], counts,
-                        best, experiment_url, parent.run_id, ui_command)
+                        best, experiment_url, parent.run_id, ui_command, run_link)
 
 
 def format_table(summary: SweepSummary) -> str:
@@ -123,7 +125,7 @@ def format_table(summary: SweepSummary) -> str:
     counts = ", ".join(f"{n} {s.lower()}" for s, n in summary.counts.items() if n or s in ("COMPLETE", "PRUNED", "FAIL"))
     out = [f"study '{summary.study_name}': {directions}", f"trials: {counts}", "", f"{title}:"]
     out += [line(header), *(line(r) for r in rows)] if rows else ["  (no complete trial yet)"]
-    out += ["", f"MLflow parent run {summary.parent_run_id}",
+    out += ["", f"MLflow parent run {summary.parent_run_id}" + (f": {summary.run_link}" if summary.run_link else ""),
             f"open the UI: {summary.ui_command}, then {summary.experiment_url}" if summary.ui_command
             else f"open the UI: {summary.experiment_url}"]
     return "\n".join(out)

@@ -14,7 +14,6 @@ import zlib
 
 import optuna
 from optuna.trial import TrialState
-from tqdm import tqdm
 
 from harness.tracking import store_check
 
@@ -23,7 +22,8 @@ from harness.core.config import ConfigError
 from harness.errors import NothingCompleted, ServiceError
 from harness.core.runtime import resolve_device
 from harness.study.config import Sweep
-from harness.study.storage import FAILURE_ATTR, OBJECTIVES_ATTR, PARENT_RUN_ATTR, SWEEP_ID_ATTR
+from harness.progress import bar as progress_bar
+from harness.study.storage import FAILURE_ATTR, MEASURE_ATTR, PARENT_RUN_ATTR, SWEEP_ID_ATTR
 from harness.study.trial import Job
 from harness.study.worker import work
 from harness.trainers.registry import choose
@@ -57,8 +57,7 @@ def open_study(sweep: Sweep, study_name: str, storage_url: str, tracker: Tracker
         if have != settings.directions:
             raise ConfigError(f"sweep.objective: study '{study_name}' was created to {', '.join(have)}; "
                               f"this file asks to {', '.join(settings.directions)}: choose another study name")
-        if OBJECTIVES_ATTR not in study.user_attrs:  # what Optuna's figures name their axes by (summary.py)
-            study.set_user_attr(OBJECTIVES_ATTR, settings.objectives)
+        check_measure(study, sweep)
         run_id = study.user_attrs.get(PARENT_RUN_ATTR)
         parent = tracker.resume_run(run_id) if run_id else None  # None: deleted in the UI, a new one is made
         if run_id and parent is None and not tracker.run_exists(run_id):
@@ -69,6 +68,22 @@ def open_study(sweep: Sweep, study_name: str, storage_url: str, tracker: Tracker
                                       tags={"optuna.study_name": study_name})
             study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
     return study, storage, parent
+
+
+def check_measure(study: optuna.Study, sweep: Sweep) -> None:
+    """A study's trials are measured alike: the objectives (Optuna's figures name their axes by
+    them, summary.py), the target and the hold are kept on the study when it is made, and a file
+    that asks for others to continue it is refused."""
+    measure = {"objectives": sweep.settings.objectives, "target_accuracy": sweep.base.target_accuracy,
+               "hold_steps": sweep.base.hold_steps}
+    kept = study.user_attrs.get(MEASURE_ATTR)
+    if kept is None:
+        study.set_user_attr(MEASURE_ATTR, measure)
+        return
+    for key, value in measure.items():
+        if key in kept and kept[key] != value:
+            raise ConfigError(f"{'sweep.objective' if key == 'objectives' else key}: study '{study.study_name}' measures "
+                              f"its trials by {kept[key]!r}, this file by {value!r}: choose another study name")
 
 
 def close_stray_runs(study: optuna.Study, tracker: Tracker, parent_run_id: str) -> None:
@@ -124,7 +139,7 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
                     sampler_seed=(settings.sampler_seed + 7919 * len(existing) + 104729 * started + shared + i) % 2**32,
                     wait_for_others=total is not None, workers=workers)
                 for i in range(workers)]
-        with tqdm(total=max(budget.left(existing), 0), desc=f"study {study_name}", unit="trial", disable=not progress) as bar:
+        with progress_bar(max(budget.left(existing), 0), f"study {study_name}", "trial", shown=progress) as bar:
             if pool:
                 pool.run(jobs, study, bar)
             else:
@@ -149,7 +164,8 @@ def run_sweep(sweep: Sweep, trials: int | None = None, study_name: str | None = 
                         close_stray_runs(study, tracker, parent.run_id)
                     summary = summarize(study, settings.objectives, parent,
                                         tracker.experiment_url(sweep.base.experiment), tracker.ui_command(),
-                                        with_figures=status == "FINISHED", draw=pool.draw if pool else draw_figures)
+                                        with_figures=status == "FINISHED", draw=pool.draw if pool else draw_figures,
+                                        run_link=tracker.run_url(parent.run_id))
                 finally:
                     tracker.close_run(parent, status)
         finally:

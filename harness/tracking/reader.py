@@ -15,9 +15,8 @@ from harness.tracking.writer import DEFAULT_TRACKING_URI
 
 UI_BASE = "http://127.0.0.1:5000"  # where `make ui` serves a local store
 MODEL_TRAINING_VIEW = "workflowType=machine_learning"
-"""MLflow 3.16-3.17's UI takes its view from this query, else from the browser's last choice
-(GenAI at first); the experiment tag `mlflow.experimentKind` (tracker.EXPERIMENT_KIND) is what
-it reads when the view is not chosen per page."""
+"""the query that opens a page of MLflow 3.16-3.17's UI in its model-training view (how the UI
+chooses its view: harness/ops/ui_app.py)"""
 
 
 def experiment_page(ui_base: str, experiment_id: str) -> str:
@@ -49,12 +48,14 @@ class RunReader:
         base = self.uri.rstrip("/") if self.is_server else ui_base
         return experiment_page(base, self.experiment_id(experiment))
 
+    def run_url(self, run_id: str, ui_base: str = UI_BASE) -> str:
+        base = self.uri.rstrip("/") if self.is_server else ui_base
+        return run_page(base, self.client.get_run(run_id).info.experiment_id, run_id)
+
     def run_link(self, run_id: str, ui_base: str = UI_BASE) -> str:
         """The run's page, and for a local store how to start the UI that serves it."""
-        base = self.uri.rstrip("/") if self.is_server else ui_base
-        url = run_page(base, self.client.get_run(run_id).info.experiment_id, run_id)
         command = self.ui_command()
-        return f"{url}  (start the UI first: {command})" if command else url
+        return f"{self.run_url(run_id, ui_base)}  (start the UI first: {command})" if command else self.run_url(run_id, ui_base)
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)

@@ -37,8 +37,8 @@ from harness.tracking.writer import WriteError, Writer, tracking_uri
 from harness.tracking.writer_process import WriterProcess
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-"""Set on every experiment the harness makes: MLflow 3's UI shows such an experiment in its
-model-training view, not the GenAI one (the UI's JavaScript reads it; no Python name exports it)."""
+"""Set on every experiment the harness makes, for the MLflow UIs that choose their view by the
+experiment (MLflow 3.16-3.17's choose by the page: harness/ops/ui_app.py tells how)."""
 
 
 def now_ms() -> int:
