@@ -27,7 +27,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     workspace = Workspace.for_config(cfg)  # device and data errors surface before any run exists
     choose([cfg], workspace.device, drawing=True)  # and a named trainer that does not train it
-    from harness.core.config import target_points, train_size
+    from harness.core.config import target_text
     from harness.progress import StepBar, bar
 
     check_writable(tracking_uri())
@@ -39,7 +39,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print("final  " + "  ".join(f"{k} {v:.4f}" for k, v in result.final.items()))
     if result.diverged:
         print(f"diverged: the loss became non-finite at step {result.last_step}")
-    target = (f"{cfg.target_accuracy:.0%} train accuracy ({target_points(cfg)} of {train_size(cfg)} training points)")
+    target = target_text(cfg)
     if result.iterations_to_target is None:
         print(f"never reached {target}")
     else:
@@ -91,7 +91,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     choose([scan.base], resolve_device(scan.base.device), drawing=False)
     from harness.tracking.tracker import Tracker, tracking_uri
 
-    from harness.core.config import target_points, train_size
+    from harness.core.config import target_text
     from harness.progress import Status
 
     check_writable(tracking_uri())
@@ -101,8 +101,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     base = scan.base
     print(f"run {run_id} in experiment '{base.experiment}': {scan.count} seeds at lr {base.lr:g}, "
           f"{base.iterations} iterations, trained together in {summary['train_seconds']:.1f} s")
-    print(f"iterations to {base.target_accuracy:.0%} train accuracy ({target_points(base)} of {train_size(base)} "
-          f"training points), depending only on the seed:")
+    print(f"iterations to {target_text(base)}, depending only on the seed:")
     for name, what, count in (("iterations_to_target", "first reached", "reached"),
                               ("iterations_to_target_held", f"held {base.hold_steps} steps", "held")):
         numbers = (f"{summary[f'{name}_min']:.0f} to {summary[f'{name}_max']:.0f} (median {summary[f'{name}_median']:.0f}, "

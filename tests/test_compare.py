@@ -195,7 +195,7 @@ def test_a_table_of_one_value_is_one_line_and_a_scan_is_labelled_by_its_lr():
     curves = [compare.Curve(f"seed {k}", k, 0.7, {m: np.array(v) for m, v in history.items()}, 20, 20)
               for k in range(6)]
     options = CompareOptions(min_trials=5)
-    c = compare.Comparison("scan", "scan", "run", base.target_accuracy, base.hold_steps, compare.points_of(base),
+    c = compare.Comparison("scan", "scan", "run", base.target_accuracy, base.hold_steps, config.target_text(base),
                            options, compare.make_bands(curves, options), "a seed scan varies only the seed", base=base)
     first, held, accuracy = band_tables(c)
     assert accuracy.same == "0.852 for every one of the 6 networks (finished): 46 of the 54 validation points"
@@ -203,4 +203,4 @@ def test_a_table_of_one_value_is_one_line_and_a_scan_is_labelled_by_its_lr():
     assert first.same == "20 for every one of the 6 networks (reached)"
     assert held.same == "20 for every one of the 6 networks (held)"
     assert [row[0] for row in accuracy.rows] == ["0.7"] and band_name(c, c.bands[0]) == "lr 0.7"
-    assert c.target_points == "106 of 124"
+    assert c.target == "85% train accuracy (106 of 124 training points)"

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from harness.tracking.store_check import check_file, local_path, read_only_url
 from harness.analysis.compare_config import CompareOptions
-from harness.core.config import ConfigError, TrainConfig, from_params, target_points, train_size
+from harness.core.config import ConfigError, TrainConfig, from_params, target_text
 from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.progress import Quiet, Status
 from harness.tracking.tracker import Tracker
@@ -101,8 +101,8 @@ class Comparison:
     """where the report is logged: the study's parent run, or the scan's run"""
     target_accuracy: float
     hold_steps: int
-    target_points: str
-    """the target in training points, as "106 of 124\""""
+    target: str
+    """the target as outputs word it (config.target_text)"""
     options: CompareOptions
     bands: list[Band]
     importances: dict[str, dict[str, float]] | str
@@ -239,7 +239,7 @@ def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOpti
     check_step(options.step, curves, "study")
     counts = {s: sum(1 for t in trials if t.state.name == s) for s in ("COMPLETE", "PRUNED", "FAIL")}
     objective = objective_name(tracker.get_run(parent).data.params.get("objective", ""))
-    return Comparison("study", study_name, parent, base.target_accuracy, base.hold_steps, points_of(base), options,
+    return Comparison("study", study_name, parent, base.target_accuracy, base.hold_steps, target_text(base), options,
                       make_bands(curves, options), importances(study), objective, counts, base)
 
 
@@ -271,9 +271,5 @@ def scan_comparison(run_id: str | None, experiment: str, tracker: Tracker, optio
                             finished=last == base.iterations))
     check_step(options.step, curves, "scan")
     name = run.info.run_name or run.info.run_id
-    return Comparison("scan", name, run.info.run_id, base.target_accuracy, base.hold_steps, points_of(base), options,
+    return Comparison("scan", name, run.info.run_id, base.target_accuracy, base.hold_steps, target_text(base), options,
                       make_bands(curves, options), "a seed scan varies only the seed", base=base)
-
-
-def points_of(cfg: TrainConfig) -> str:
-    return f"{target_points(cfg)} of {train_size(cfg)}"

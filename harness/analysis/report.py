@@ -55,7 +55,7 @@ def band_tables(c: Comparison) -> list[Table]:
     """The spreads across seeds: iterations_to_target, iterations_to_target_held, final val_accuracy."""
     need = c.options.min_trials
     stopped = "pruned or diverged" if c.kind == "study" else "diverged"
-    target = f"{c.target_accuracy:.0%} train accuracy ({c.target_points} training points)"
+    target = c.target
     tables = []
     for title, what, count, spread_of, digits in (
             (f"iterations to {target}, first reached", "reached", lambda b: b.reached,
@@ -108,7 +108,7 @@ def headline(c: Comparison) -> str:
         where, why = f"at lr {c.base.lr:g}", "depending only on the seed"
     else:
         where, why = f"at lr in {best.label}", "across seeds (lr and the other searched values vary within the band)"
-    target = f"{c.target_accuracy:.0%} train accuracy ({c.target_points} training points)"
+    target = c.target
     if s is None:
         return (f"{where}, {best.held} of {len(best.curves)} networks reached {target} and held it for "
                 f"{c.hold_steps} steps: too few for a spread (at least {c.options.min_trials})")

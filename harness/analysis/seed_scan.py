@@ -18,7 +18,7 @@ from PIL import Image
 
 from harness.core import config
 from harness.trainers.batched import BatchResult, train_batch
-from harness.core.config import ConfigError, TrainConfig, target_points, train_size
+from harness.core.config import ConfigError, TrainConfig, target_text
 from harness.experiment import Workspace, run_params
 from harness.progress import Quiet, Status
 from harness.tracking.tracker import Tracker
@@ -112,8 +112,7 @@ def histogram_figure(scan: SeedScan, rows: list[dict]) -> Figure:
                 label=f"held {scan.base.hold_steps} steps")
     if first or held:
         ax.legend()
-    ax.set_xlabel(f"iterations to {scan.base.target_accuracy:.0%} train accuracy "
-                  f"({target_points(scan.base)} of {train_size(scan.base)} training points)")
+    ax.set_xlabel(f"iterations to {target_text(scan.base)}")
     ax.set_ylabel("seeds")
     ax.set_title(f"{len(held)} of {scan.count} seeds held the target, {len(first)} reached it, at lr {scan.base.lr:g}")
     return fig
@@ -124,8 +123,8 @@ def description(scan: SeedScan, summary: dict) -> str:
     Overview page, where its link opens): what it is and where its figures are."""
     base = scan.base
     return (f"**{scan.count} seeds at lr {base.lr:g}**, everything else fixed: the spread is the initialization's "
-            f"alone. {summary['held']} of {scan.count} seeds reached {base.target_accuracy:.0%} train accuracy "
-            f"({target_points(base)} of {train_size(base)} training points) and held it for {base.hold_steps} steps; "
+            f"alone. {summary['held']} of {scan.count} seeds reached {target_text(base)} and held it for "
+            f"{base.hold_steps} steps; "
             f"{summary['reached']} reached it at least once.\n\n"
             "- **Model metrics**: the image cards `loss_fan` (the train loss of up to 300 seeds, and p10-p90 of all) and "
             "`iterations_to_target_histogram`; the charts `<metric>_p10`, `_median`, `_p90` across seeds at each step.\n"

@@ -103,6 +103,11 @@ def target_points(cfg: TrainConfig) -> int:
     return math.ceil(round(cfg.target_accuracy * train_size(cfg), 9))
 
 
+def target_text(cfg: TrainConfig) -> str:
+    """The target as every output words it: "85% train accuracy (106 of 124 training points)"."""
+    return f"{cfg.target_accuracy:.0%} train accuracy ({target_points(cfg)} of {train_size(cfg)} training points)"
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check ranges and choices; raise ConfigError with the key and the allowed values."""
     def choose(key: str, allowed: tuple[str, ...]) -> None:
