@@ -11,6 +11,7 @@ import subprocess
 import sys
 import termios
 import time
+from pathlib import Path
 
 from mlflow import MlflowClient
 
@@ -49,7 +50,8 @@ def run_on_terminal(args: list[str], env: dict, timeout: float = 300) -> tuple[i
 
 def test_train_shows_a_step_bar_on_a_terminal_and_links_its_run(cli_env, session_store):
     client = MlflowClient(session_store)
-    experiment_id = client.create_experiment("progress-test")  # as an older version made it: no view tag
+    artifacts = (Path(session_store.removeprefix("sqlite:///")).parent / "artifacts").as_uri()  # not ./mlruns
+    experiment_id = client.create_experiment("progress-test", artifacts)  # as an older version made it: no view tag
     code, shown = run_on_terminal(TRAIN, cli_env)
     assert code == 0, shown
     assert re.search(r"training lr 0\.7 seed 0: +\d+%.*\d+/41", shown), shown  # tqdm's bar, 41 steps

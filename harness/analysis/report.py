@@ -73,10 +73,10 @@ def band_tables(c: Comparison) -> list[Table]:
         same = None
         if value is not None:
             n = sum(spread_of(b).n for b in c.bands)
-            same = f"{number(value, digits)} for every one of the {n} networks ({what})"
+            same = f"{number(value, digits)} for all {n} networks"
             if what == "finished" and c.base is not None:
                 val = WINE_SAMPLES - train_size(c.base)
-                same += f": {round(value * val)} of the {val} validation points"
+                same += f", {round(value * val)} of the {val} validation points"
         tables.append(Table(title, header, rows, same))
     return tables
 

@@ -89,7 +89,7 @@ def spread_figure(c: Comparison) -> Figure:
         ax.text(0.5, 0.5, "no network held the target", transform=ax.transAxes, ha="center", va="center")
     ax.set_xticks(range(len(c.bands)), [f"{band_name(c, b)}\n{b.held}/{len(b.curves)} held it" for b in c.bands])
     ax.set_ylabel(f"iterations to {c.target_accuracy:.0%} train accuracy,\nheld {c.hold_steps} steps")
-    ax.set_title("spread across seeds (orange: median and p10-p90)")
+    ax.set_title("spread across seeds\n(orange: median and p10-p90)")
     return fig
 
 
