@@ -132,7 +132,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         study = args.study or study_config.load(args.experiment).settings.study
     from harness.analysis import compare, report, report_files
-    from harness.study.storage import storage_url
+    from harness.study.storage import read_study, storage_url
     from harness.tracking.tracker import Tracker
 
     from harness.progress import Status
@@ -142,7 +142,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             tracker = Tracker()
             comparison = compare.scan_comparison(args.run, experiment, tracker, options)
         else:  # a store this process cannot write to is read as it is
-            found = compare.load_study(study, storage_url())  # before the tracking store is touched
+            found = read_study(study, storage_url())  # before the tracking store is touched
             tracker = Tracker()
             comparison = compare.study_comparison(found, tracker, options, status)
         if args.out:
@@ -198,14 +198,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from harness.study import config as study_config
 
     study = args.study or study_config.load(study_file(args.experiment)).settings.study
-    from harness.analysis.compare import load_study
     from harness.study import export
-    from harness.study.storage import storage_url
+    from harness.study.storage import read_study, storage_url
     from harness.tracking.tracker import tracking_uri
 
     out = Path(args.out)
     export.check_out(out)
-    found = load_study(study, storage_url())  # read-only; a missing study or store: nothing is created
+    found = read_study(study, storage_url())  # read-only; a missing study or store: nothing is created
     table = export.trial_table(found, export.tracker_for(tracking_uri()))
     export.write_csv(table, out)
     print(f"wrote {len(table.rows)} trials of study '{study}' to {out}")

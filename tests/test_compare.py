@@ -17,7 +17,7 @@ from harness.core.config import ConfigError
 from harness.experiment import RunSpec, record_trained_run
 from harness.analysis.report import band_name, band_tables, terminal_table, trial_gifs
 from harness.analysis.report_files import write_report
-from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
+from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR, read_study
 from harness.core.train import TrainResult
 from tests.conftest import run_cli
 
@@ -78,7 +78,7 @@ def known_study(tmp_path, tracker, cpu):
 
 def test_the_spread_per_band_is_computed_from_the_logged_curves(known_study, tracker):
     name, storage, _ = known_study
-    c = compare.study_comparison(compare.load_study(name, storage), tracker, CompareOptions(min_trials=5))
+    c = compare.study_comparison(read_study(name, storage), tracker, CompareOptions(min_trials=5))
     assert [b.label for b in c.bands] == ["[0.01, 0.1)", "[0.1, 1)"]
     few, main = c.bands
     assert [curve.seed for curve in main.curves] == [1, 2, 3, 4, 5, 6, 9]  # sorted by seed

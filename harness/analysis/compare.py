@@ -12,13 +12,11 @@ import tempfile
 import tomllib
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from harness.tracking.store_check import check_file, local_path, read_only_url
 from harness.analysis.compare_config import CompareOptions
 from harness.core.config import ConfigError, TrainConfig, from_params, target_text
 from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
@@ -194,19 +192,6 @@ def check_step(step: int | None, curves: list[Curve], kind: str) -> None:
     if step not in logged:
         shown = ", ".join(map(str, logged[:4])) + (f", ..., {logged[-1]}" if len(logged) > 4 else "")
         raise ConfigError(f"step: no trial has a boundary image at step {step}; steps with images: {shown or 'none'}")
-
-
-def load_study(study_name: str, storage_url: str) -> optuna.Study:
-    if storage_url.startswith("sqlite:///") and not Path(storage_url.removeprefix("sqlite:///")).exists():
-        raise ConfigError(f"study: no study named '{study_name}': {storage_url} has no studies yet (run make sweep first)")
-    check_file(local_path(storage_url))  # a damaged file: one line before Optuna opens it
-    storage = read_only_url(storage_url)  # a store this process cannot write to is read as it is
-    try:
-        return optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise ConfigError(f"study: no study named '{study_name}' in {storage_url}; "
-                          f"existing: {', '.join(names) or 'none (run make sweep first)'}") from None
 
 
 def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOptions,

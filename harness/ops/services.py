@@ -22,6 +22,7 @@ from pathlib import Path
 
 from harness.errors import ServiceError
 from harness.ops.postgres import Cluster
+from harness.ops.ui_app import APP, app_problem
 
 DEFAULT_ROOT = Path("mlruns/services")
 PASSWORD_ENV = "WINE_DB_PASSWORD"
@@ -127,7 +128,9 @@ class MlflowServer:
         mlflow = Path(sys.executable).parent / "mlflow"
         command = [str(mlflow), "server", "--backend-store-uri", self.cluster.url("mlflow"),
                    "--serve-artifacts", "--artifacts-destination", str((self.root / "artifacts").resolve()),
-                   "--host", self.host, "--port", str(self.port), "--workers", str(self.workers)]
+                   "--host", self.host, "--port", str(self.port), "--workers", str(self.workers),
+                   # its UI opens in the model-training view, as make ui's (harness/ops/ui_app.py)
+                   *(["--app-name", APP] if app_problem() is None else [])]
         # the password reaches the server through the environment, never its command line; the
         # job runner serves GenAI features we do not use, and would start a dozen processes
         env = {**os.environ, "PGPASSWORD": password, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.core.config import ConfigError
 from harness.ops import web_server
+from harness.ops.ui_app import APP, app_problem
 from harness.tracking.store_check import read_only_url
 from harness.tracking.reader import experiment_page
 from harness.tracking.tracker import Tracker, tracking_uri
@@ -29,9 +30,6 @@ def local_store(uri: str) -> Path:
     return Path(uri.removeprefix("sqlite:///"))
 
 
-APP = "wine-init"
-"""The MLflow server app `make ui` runs (harness/ops/ui_app.py): MLflow's own, opening in its
-model-training view; an MLflow app plugin, registered by pyproject.toml"""
 DROPPED = ("[MLflow] Security middleware enabled with default settings",)
 """what `mlflow server` prints on every start, with no switch to turn it off: not shown"""
 
@@ -59,20 +57,6 @@ def server_env() -> dict[str, str]:
             # Starlette's deprecation of the WSGI bridge MLflow's server uses, a notice for MLflow
             "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
                                                      "ignore:starlette.middleware.wsgi is deprecated"]))}
-
-
-def app_problem() -> str | None:
-    """Why the UI cannot run as APP, or None: the project is not installed (its entry point is
-    missing), or the installed UI no longer keeps its view where ui_app expects it."""
-    from importlib.metadata import entry_points
-
-    from harness.ops.ui_app import view_key_in_use
-
-    if not any(e.name == APP for e in entry_points(group="mlflow.app")):
-        return f"the MLflow app '{APP}' is not installed (pip install -e . installs it)"
-    if not view_key_in_use():
-        return "this MLflow's UI keeps its view elsewhere than harness/ops/ui_app.py expects"
-    return None
 
 
 SEARCH_PAGE = 10_000

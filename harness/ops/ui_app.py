@@ -19,6 +19,7 @@ one line where it does not (the printed links keep working; a click may then ope
 
 from pathlib import Path
 
+APP = "wine-init"  # the plugin's name: `mlflow server --app-name wine-init`
 VIEW_KEY = "mlflow.workflowType"  # the UI's storage key, versioned by it as `<key>_v1`
 PAGES = ("/", "/index.html")  # where the UI's page is served (under the server's static prefix, if any)
 SCRIPT = ("<script>try{var k='" + VIEW_KEY + "_v1';if(localStorage.getItem(k)===null)"
@@ -31,6 +32,18 @@ def view_key_in_use() -> bool:
 
     bundle = Path(mlflow.server.__file__).parent / "js" / "build" / "static" / "js"
     return any(f'key:"{VIEW_KEY}",version:1' in path.read_text(errors="ignore") for path in bundle.glob("main.*.js"))
+
+
+def app_problem() -> str | None:
+    """Why the server cannot run as APP, or None: the project is not installed (its entry point
+    is missing), or the installed UI no longer keeps its view where this module expects."""
+    from importlib.metadata import entry_points
+
+    if not any(e.name == APP for e in entry_points(group="mlflow.app")):
+        return f"the MLflow app '{APP}' is not installed (pip install -e . installs it)"
+    if not view_key_in_use():
+        return "this MLflow's UI keeps its view elsewhere than harness/ops/ui_app.py expects"
+    return None
 
 
 def with_default_view(response):

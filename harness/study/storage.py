@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.config import ConfigError
 from harness.study.optuna_fast import record_trial, trial_id
-from harness.tracking.store_check import PARENT_RUN_ATTR, check_file  # noqa: F401  (PARENT_RUN_ATTR: defined with the check that reads it)
+from harness.tracking.store_check import PARENT_RUN_ATTR, check_file, local_path, read_only_url  # noqa: F401  (PARENT_RUN_ATTR: defined with the check that reads it)
 from harness.signals import interrupts_held
 from harness.tracking.sqlite import file_lock, tune_sqlite_connections
 from harness.study.config import SweepConfig
@@ -243,3 +243,18 @@ def heartbeat(storage: RDBStorage, trial_ids: list[int], interval: int) -> Itera
     finally:
         stop.set()
         thread.join()
+
+
+def read_study(study_name: str, storage_url: str) -> optuna.Study:
+    """A study to read (make compare, make export): nothing is created, a damaged or missing
+    store and an unknown study are one line (the studies there are named)."""
+    if storage_url.startswith("sqlite:///") and not Path(storage_url.removeprefix("sqlite:///")).exists():
+        raise ConfigError(f"study: no study named '{study_name}': {storage_url} has no studies yet (run make sweep first)")
+    check_file(local_path(storage_url))  # a damaged file: one line before Optuna opens it
+    storage = read_only_url(storage_url)  # a store this process cannot write to is read as it is
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ConfigError(f"study: no study named '{study_name}' in {storage_url}; "
+                          f"existing: {', '.join(names) or 'none (run make sweep first)'}") from None
