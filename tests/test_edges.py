@@ -301,7 +301,7 @@ def test_a_read_only_store_is_refused_for_writing_and_read_for_reports(small_dis
     port = free_port()  # the UI lists the study's runs from the read-only store
     server = UiProcess([path, "--port", str(port)], env, tmp_path / "ui.log")
     try:
-        line = server.wait_for_line("experiment 'tiny-sweep': ")
+        line = server.wait_for_line("experiment 'tiny-sweep' (3 runs): ")
         experiment_id = line.split("/#/experiments/")[1].split("?")[0]
         request = urllib.request.Request(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search",
                                          data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
