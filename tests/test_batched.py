@@ -22,9 +22,15 @@ def configs(**common):
     variants = [
         dict(seed=0, lr=0.7), dict(seed=1, lr=0.05, momentum=0.9), dict(seed=2, lr=0.3, init="xavier_uniform"),
         dict(seed=3, lr=0.1, init="kaiming_normal", momentum=0.5), dict(seed=4, lr=1.0, init="normal", init_std=0.5),
-        dict(seed=5, lr=0.02, iterations=17),
+        dict(seed=5, lr=0.02, iterations=17), dict(seed=6, lr=0.45, init="orthogonal"),
+        dict(seed=7, lr=0.35, init="uniform", init_low=-0.5, init_high=0.2), dict(seed=8, lr=0.65, init="zeros"),
+        dict(seed=9, lr=0.25, init="constant", init_value=0.1, momentum=0.9),
+        dict(seed=10, lr=0.15, init="xavier_normal"), dict(seed=11, lr=0.55, init="kaiming_uniform"),
     ]
     return [config.build({"device": "cpu", "iterations": 60, **common, **v}) for v in variants]
+
+
+DIVERGING = len(configs())  # the index of the diverging model the tests append to configs()
 
 
 def assert_same_curves(cfgs, batch: BatchResult, wine, cpu, exact_at_divergence: bool = True):
@@ -69,7 +75,7 @@ def test_cpu_kernel_follows_every_single_model_curve(hidden, features, cpu):
     assert choose(cfgs, cpu, drawing=True).name == "fused_cpu"
     wine = data_lib.load(cfgs[0], cpu)
     batch = train_batch(cfgs, wine, cpu)
-    assert list(np.flatnonzero(batch.diverged)) == [6]
+    assert list(np.flatnonzero(batch.diverged)) == [DIVERGING]
     assert_same_curves(cfgs, batch, wine, cpu, exact_at_divergence=False)
 
 
@@ -90,8 +96,8 @@ def test_the_cpu_kernel_draws_the_boundaries_the_loop_draws(cpu):
 
         train_batch(cfgs, wine, cpu, on_boundary=record, trainer=trainer)
     assert [(step, models) for step, models, _, _ in drawn[True]] == [(step, models) for step, models, _, _ in drawn[False]]
-    assert 6 in drawn[True][0][1] and 6 not in drawn[True][-1][1]  # the diverging model: drawn until it diverges
-    assert (25, [7]) in [(step, models) for step, models, _, _ in drawn[True]]  # its last step, off its plot_every
+    assert DIVERGING in drawn[True][0][1] and DIVERGING not in drawn[True][-1][1]  # drawn until it diverges
+    assert (25, [DIVERGING + 1]) in [(step, models) for step, models, _, _ in drawn[True]]  # its last step, off its plot_every
     for (step, _, params, metrics), (_, _, expected, expected_metrics) in zip(drawn[True], drawn[False]):
         for got, want in zip(params, expected):
             torch.testing.assert_close(got, want, **PARITY, msg=f"weights at step {step}")
@@ -172,10 +178,10 @@ def test_cuda_batch_matches_cpu_batch(hidden, features, cpu):
     on_gpu = train_batch(cfgs, gpu_data, cuda)
     on_cpu = train_batch(cfgs, data_lib.load(cfgs[0], cpu), cpu)
     assert list(on_gpu.last_step) == list(on_cpu.last_step) and list(on_gpu.diverged) == list(on_cpu.diverged)
-    assert list(np.flatnonzero(on_cpu.diverged)) == [6]
+    assert list(np.flatnonzero(on_cpu.diverged)) == [DIVERGING]
     for k in range(len(cfgs)):
         measured = int(on_cpu.last_step[k]) + (0 if on_cpu.diverged[k] else 1)  # up to the divergence, not at it
         for name in METRICS:
             np.testing.assert_allclose(on_gpu.history[name][:measured, k], on_cpu.history[name][:measured, k],
                                        rtol=1e-4, atol=1e-5, err_msg=f"model {k}: {name}")
-    assert not np.isfinite(on_gpu.history["train_loss"][on_gpu.last_step[6], 6])
+    assert not np.isfinite(on_gpu.history["train_loss"][on_gpu.last_step[DIVERGING], DIVERGING])

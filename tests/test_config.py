@@ -38,7 +38,9 @@ def test_int_is_accepted_where_a_float_is_expected():
     ({"iterations": 0}, "iterations", "must be >= 1"),
     ({"features": ["alcohol", "sweetness"]}, "features", "allowed: \"all\" or names from alcohol"),
     ({"features": "some"}, "features", "\"all\" or a list"),
-    ({"init": "zeros"}, "init", "one of default, xavier_uniform, kaiming_normal, normal"),
+    ({"init": "ones"}, "init", "one of default, xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal, normal, uniform, orthogonal, constant, zeros"),
+    ({"init_value": float("nan")}, "init_value", "must be a finite number"),
+    ({"init_low": 0.5}, "init_low, init_high", "must be finite numbers with init_low < init_high, got 0.5 and 0.1"),
     ({"device": "tpu"}, "device", "one of auto, cpu, cuda, mps"),
     ({"momentum": 1.0}, "momentum", "[0, 1)"),
     ({"image_size": 64}, "image_size", "[256, 2048]"),
@@ -72,7 +74,7 @@ def missing_device() -> str:
 
 def test_cli_config_error_is_one_line_exit_2_and_logs_nothing(cli_env, tmp_path):
     env = {**cli_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/untouched.db"}
-    for bad in (["--set", "lr=-1"], ["--set", "init=zeros"], ["--set", "colour=red"], ["--set", f"device={missing_device()}"]):
+    for bad in (["--set", "lr=-1"], ["--set", "init=ones"], ["--set", "colour=red"], ["--set", f"device={missing_device()}"]):
         proc = run_cli("train", *bad, env=env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()

@@ -92,7 +92,7 @@ def test_a_non_finite_loss_stops_the_run(wine, cpu):
     assert all(math.isfinite(v) for v in result.history["train_loss"][:-1])
 
 
-@pytest.mark.parametrize("init", ["default", "xavier_uniform", "kaiming_normal", "normal"])
+@pytest.mark.parametrize("init", ["default", "xavier_uniform", "kaiming_normal", "normal", "uniform", "orthogonal"])
 def test_initial_weights_depend_only_on_the_seed(init, cpu):
     cfg = config.build({"init": init, "hidden": [8, 4]})
     first = [p.clone() for p in create(cfg, 2, seed_everything(3), cpu).parameters()]
@@ -111,20 +111,34 @@ def test_default_init_is_what_nn_linear_draws(cpu):
     assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
 
 
-@pytest.mark.parametrize("init", ["xavier_uniform", "kaiming_normal", "normal"])
+TORCH_INITS = {  # each scheme as torch.nn.init draws it (the biases: zeros)
+    "xavier_uniform": lambda w, g: torch.nn.init.xavier_uniform_(w, generator=g),
+    "xavier_normal": lambda w, g: torch.nn.init.xavier_normal_(w, generator=g),
+    "kaiming_uniform": lambda w, g: torch.nn.init.kaiming_uniform_(w, nonlinearity="relu", generator=g),
+    "kaiming_normal": lambda w, g: torch.nn.init.kaiming_normal_(w, nonlinearity="relu", generator=g),
+    "normal": lambda w, g: torch.nn.init.normal_(w, std=0.3, generator=g),
+    "uniform": lambda w, g: torch.nn.init.uniform_(w, -0.2, 0.5, generator=g),
+    "orthogonal": lambda w, g: torch.nn.init.orthogonal_(w, generator=g),
+    "constant": lambda w, g: torch.nn.init.constant_(w, 0.25),
+    "zeros": lambda w, g: torch.nn.init.zeros_(w),
+}
+
+
+@pytest.mark.parametrize("init", sorted(TORCH_INITS))
 def test_init_schemes_are_what_torch_nn_init_draws(init, cpu):
     reference, generator = build_mlp(2, [8, 4]), init_generator(5)
     with torch.no_grad():
         for layer in (m for m in reference if isinstance(m, torch.nn.Linear)):
-            if init == "xavier_uniform":
-                torch.nn.init.xavier_uniform_(layer.weight, generator=generator)
-            elif init == "kaiming_normal":
-                torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
-            else:
-                torch.nn.init.normal_(layer.weight, std=0.3, generator=generator)
+            TORCH_INITS[init](layer.weight, generator)
             torch.nn.init.zeros_(layer.bias)
-    ours = create(config.build({"init": init, "init_std": 0.3, "hidden": [8, 4]}), 2, init_generator(5), cpu)
-    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
+    ours = create(config.build({"init": init, "init_std": 0.3, "init_low": -0.2, "init_high": 0.5, "init_value": 0.25,
+                                "hidden": [8, 4]}), 2, init_generator(5), cpu)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-6 if init == "orthogonal" else 0)
+               for a, b in zip(ours.parameters(), reference.parameters()))
+
+
+def test_every_init_is_tested():
+    assert set(TORCH_INITS) | {"default"} == set(config.INITS)
 
 
 def test_default_init_matches_pytorch_distribution(cpu):

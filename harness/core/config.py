@@ -18,7 +18,8 @@ WINE_FEATURES = (
 )  # the names sklearn's load_wine().feature_names gives, checked by a test
 WINE_SAMPLES = 178
 MIN_SPLIT_SIDE = 3  # a stratified split needs one sample of each of the 3 classes on each side
-INITS = ("default", "xavier_uniform", "kaiming_normal", "normal")
+INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "normal", "uniform",
+         "orthogonal", "constant", "zeros")  # drawn as harness/core/model.py says
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAINER_NAMES = ("auto", "triton", "fused_cpu", "torch")  # declared in harness/trainers/registry.py
 
@@ -42,9 +43,18 @@ class TrainConfig:
     hidden: list[int] = field(default_factory=lambda: [32])
     """widths of the hidden layers (ReLU after each)"""
     init: str = "default"
-    """weight initialization: default (PyTorch's), xavier_uniform, kaiming_normal or normal"""
+    """weight initialization: default (PyTorch's nn.Linear), xavier_uniform, xavier_normal,
+    kaiming_uniform, kaiming_normal (both for ReLU), normal (init_std), uniform (init_low,
+    init_high), orthogonal, constant (init_value) or zeros; the biases are nn.Linear's under
+    default and zeros under the others"""
     init_std: float = 0.1
     """standard deviation of the weights when init = "normal\""""
+    init_value: float = 0.0
+    """every weight when init = "constant\""""
+    init_low: float = -0.1
+    """lower bound of the weights when init = "uniform\""""
+    init_high: float = 0.1
+    """upper bound of the weights when init = "uniform\""""
     seed: int = 0
     """model seed: initial weights (and anything else random in training)"""
     lr: float = 0.7
@@ -129,6 +139,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     choose("trainer", TRAINER_NAMES)
     positive("lr")
     positive("init_std")
+    if not math.isfinite(cfg.init_value):
+        raise ConfigError(f"init_value: must be a finite number, got {cfg.init_value}")
+    if not (math.isfinite(cfg.init_low) and math.isfinite(cfg.init_high) and cfg.init_low < cfg.init_high):
+        raise ConfigError(f"init_low, init_high: must be finite numbers with init_low < init_high, "
+                          f"got {cfg.init_low} and {cfg.init_high}")
     for key in ("seed", "split_seed"):  # what numpy and scikit-learn take as a seed
         if not 0 <= getattr(cfg, key) < 2**32:
             raise ConfigError(f"{key}: must be an integer in [0, 4294967295], got {getattr(cfg, key)}")

@@ -57,11 +57,11 @@ def stacked_parameters(cfgs: list[TrainConfig], n_inputs: int, device: torch.dev
     params = []
     for fan_out, fan_in in shapes:
         params += [torch.empty(len(cfgs), fan_out, fan_in), torch.empty(len(cfgs), fan_out, 1)]
-    rules = {}  # (init, init_std) -> each layer's (weight rule, bias rule)
+    rules = {}  # the init keys -> each layer's (weight rule, bias rule)
     for k, cfg in enumerate(cfgs):
-        key = (cfg.init, cfg.init_std)
+        key = tuple(getattr(cfg, name) for name in model_lib.INIT_KEYS)
         if key not in rules:
-            rules[key] = [model_lib.init_rules(cfg.init, cfg.init_std, fan_in, fan_out) for fan_out, fan_in in shapes]
+            rules[key] = [model_lib.init_rules(cfg, fan_in, fan_out) for fan_out, fan_in in shapes]
         generator = init_generator(cfg.seed)
         for i, (weight_rule, bias_rule) in enumerate(rules[key]):
             model_lib.draw(params[2 * i][k], weight_rule, generator)

@@ -69,7 +69,7 @@ def declare(followed: tuple[str, ...], shared: tuple[str, ...], outside: tuple[s
 NOT_TRAINING = ("experiment", "run_name", "target_accuracy", "hold_steps", "plot_every", "image_size")  # logging, measuring, drawing
 
 # The loop (core/train.py) and the batched torch ops (batched.py, checked against it): all of it, on any device.
-TORCH_FIELDS = declare(followed=("init", "init_std", "seed", "lr", "momentum", "iterations"),
+TORCH_FIELDS = declare(followed=("init", "init_std", "init_value", "init_low", "init_high", "seed", "lr", "momentum", "iterations"),
                        shared=("device", "features", "split_seed", "val_fraction", "hidden", "trainer"),
                        outside=NOT_TRAINING)
 
@@ -105,13 +105,13 @@ def triton_missing() -> str | None:
 TRAINERS = {  # in the order `auto` tries them: the fastest first
     # fused_triton.py: the weights drawn in Python as the loop draws them (every init), per-model
     # lr, momentum and iteration count in the kernel's arguments; one layer, in registers
-    "triton": Trainer("triton", declare(followed=("init", "init_std", "seed", "lr", "momentum", "iterations"),
+    "triton": Trainer("triton", declare(followed=("init", "init_std", "init_value", "init_low", "init_high", "seed", "lr", "momentum", "iterations"),
                                         shared=("features", "split_seed", "val_fraction", "trainer"),
                                         outside=NOT_TRAINING, device=on("cuda"),
                                         hidden=Only(triton_fits, "one hidden layer that fits the kernel's registers")),
                       draws=False, missing=triton_missing),
     # fused_cpu.c: the same, per model, for one hidden layer of any width
-    "fused_cpu": Trainer("fused_cpu", declare(followed=("init", "init_std", "seed", "lr", "momentum", "iterations"),
+    "fused_cpu": Trainer("fused_cpu", declare(followed=("init", "init_std", "init_value", "init_low", "init_high", "seed", "lr", "momentum", "iterations"),
                                               shared=("features", "split_seed", "val_fraction", "trainer"),
                                               outside=NOT_TRAINING, device=on("cpu"),
                                               hidden=Only(one_hidden_layer, "one hidden layer")),
