@@ -366,7 +366,7 @@ def test_a_killed_worker_is_detected_failed_and_retried(tmp_path, stores):
     ("[sweep]\npruner = \"early\"\n", "sweep.pruner: 'early' is not one of none, median"),
     ("[sweep.space]\nlr = { low = 1.0, high = 0.1 }\n", "sweep.space.lr: needs numbers low < high"),
     ("[sweep.space]\nwidth = { low = 1, high = 2 }\n", "sweep.space.width: unknown config key"),
-    ("[sweep.space]\ninit = { choices = [\"default\", \"zeros\"] }\n", "sweep.space.init: 'zeros' is not a valid value"),
+    ("[sweep.space]\ninit = { choices = [\"default\", \"ones\"] }\n", "sweep.space.init: 'ones' is not a valid value"),
     ("lr = 0.1\n[sweep.space]\nlr = { low = 0.01, high = 1.0 }\n", "sweep.space.lr: is also fixed"),
     ("[sweep]\nsampler_seed = -1\n", "sweep.sampler_seed: must be in [0, 2**32)"),
     ("[sweep]\nheartbeat_interval = 5\ngrace_period = 6\n", "sweep.grace_period: must be >= 2 x heartbeat_interval"),
