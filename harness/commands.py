@@ -170,9 +170,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from harness.study import config as study_config
-    from harness.ops import ui
+    from harness.ops import ui, web_server
 
-    ui.check_host(args.host, args.allow_remote)
+    web_server.check_host(args.host, args.allow_remote, "the UI")
     experiment = study_config.load(study_file(args.experiment)).base.experiment
     return ui.serve(experiment, host=args.host, port=args.port)
 

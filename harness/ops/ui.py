@@ -16,11 +16,6 @@ from harness.tracking.reader import experiment_page
 from harness.tracking.tracker import Tracker, tracking_uri
 
 
-def check_host(host: str, allow_remote: bool) -> None:
-    """The UI has no login: anyone who reaches the port can read and delete runs."""
-    web_server.check_host(host, allow_remote, "the UI")
-
-
 def local_store(uri: str) -> Path:
     """The SQLite file behind a sqlite:/// URI; other stores are not ours to serve."""
     if uri.startswith(("http://", "https://")):
@@ -59,19 +54,6 @@ def server_env() -> dict[str, str]:
                                                      "ignore:starlette.middleware.wsgi is deprecated"]))}
 
 
-SEARCH_PAGE = 10_000
-
-
-def count_runs(client, experiment_id: str) -> int:
-    count, token = 0, None
-    while True:
-        page = client.search_runs([experiment_id], max_results=SEARCH_PAGE, page_token=token)
-        count += len(page)
-        token = page.token
-        if not token:
-            return count
-
-
 def experiment_links(uri: str, experiment: str, base_url: str, known: bool = True) -> list[str]:
     """A line per experiment in the store, with its run count and page, `experiment` (the
     study's) first; or the hint to make it. Nothing is created (`known`: whether the store
@@ -79,10 +61,10 @@ def experiment_links(uri: str, experiment: str, base_url: str, known: bool = Tru
     hint = f"experiment '{experiment}' is not in the store yet: run `make sweep` first, then open {base_url}"
     if not (known and local_store(uri).exists()):
         return [hint]
-    client = Tracker(uri).client
+    tracker = Tracker(uri)
     found = []
-    for e in client.search_experiments():
-        runs = count_runs(client, e.experiment_id)
+    for e in tracker.client.search_experiments():
+        runs = len(tracker.all_runs(e.experiment_id))
         if runs or e.experiment_id != "0":  # MLflow's own empty "Default" is left out
             found.append((e.name != experiment, e.name, runs, experiment_page(base_url, e.experiment_id)))
     lines = [f"experiment '{name}' ({runs} run{'s' * (runs != 1)}): {page}" for _, name, runs, page in sorted(found)]

@@ -23,7 +23,7 @@ START_TIMEOUT = 120.0  # seconds; a first start of the MLflow UI creates the dat
 STOP_TIMEOUT = 15.0
 
 
-def check_host(host: str, allow_remote: bool, what: str = "the UI") -> None:
+def check_host(host: str, allow_remote: bool, what: str) -> None:
     """Anyone who reaches the port can read and delete runs (or studies): there is no login."""
     if host not in LOOPBACK and not allow_remote:
         raise ConfigError(f"host: '{host}' is not a loopback address; {what} has no login, so it listens on "

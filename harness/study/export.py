@@ -22,9 +22,6 @@ from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.tracking.store_check import STUDY_TAG, local_path, present
 from harness.tracking.tracker import Tracker
 
-PAGE = 1000  # runs per search request
-
-
 @dataclass
 class Table:
     header: list[str]
@@ -72,15 +69,8 @@ def final_metrics(study: optuna.Study, tracker: Tracker, run_ids: list[str]) -> 
     experiment_id = study_experiment(study, tracker, run_ids)
     if experiment_id is None:
         return {}
-    runs, token = [], None
-    while True:
-        page = tracker.client.search_runs([experiment_id], tag_filter(study.study_name), max_results=PAGE,
-                                          page_token=token)
-        runs += page
-        token = page.token
-        if not token:
-            break
-    return {run.info.run_id: run.data.metrics for run in runs if run.data.tags.get(STUDY_TAG) == study.study_name}
+    return {run.info.run_id: run.data.metrics for run in tracker.all_runs(experiment_id, tag_filter(study.study_name))
+            if run.data.tags.get(STUDY_TAG) == study.study_name}
 
 
 def count(value: float | None) -> int | str:

@@ -60,6 +60,16 @@ class RunReader:
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)
 
+    def all_runs(self, experiment_id: str, filter_string: str = "", page: int = 10_000) -> list:
+        """Every run of the experiment that matches `filter_string`, page after page of `search_runs`."""
+        runs, token = [], None
+        while True:
+            found = self.client.search_runs([experiment_id], filter_string, max_results=page, page_token=token)
+            runs += found
+            token = found.token
+            if not token:
+                return runs
+
     # reading back, for reports (`make compare`)
 
     def metric_histories(self, run_id: str, keys: list[str]) -> dict[str, np.ndarray]:
