@@ -248,6 +248,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.slow  # a killed sweep process, 12 s: make test-slow (and CI) runs it
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake work reaches forked workers only")
 @pytest.mark.parametrize("when", ["waiting for the job", "idle"])
 def test_workers_do_not_outlive_a_killed_sweep_process(tmp_path, when):
