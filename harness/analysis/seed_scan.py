@@ -44,16 +44,23 @@ class SeedScan:
 def load(path: str | Path | None, overrides: list[str] = (), count: int | None = None) -> SeedScan:
     values = config.read_toml(path) if path else {}
     table = values.pop("seeds", {})
-    if not isinstance(table, dict):
-        raise ConfigError("seeds: expected a table [seeds] with count and first")
     values.pop("sweep", None)  # a sweep file can be scanned too; its search space is ignored
     values.update(config.parse_override(o) for o in overrides)
-    base = config.build(values)
+    return make(values, table, count)
+
+
+def make(keys: dict, table: object = None, count: int | None = None, first: int | None = None) -> SeedScan:
+    """The scan of the config `keys` build, over the seeds its [seeds] `table` names; `count` and
+    `first`, where given, take the table's place."""
+    table = {} if table is None else table
+    if not isinstance(table, dict):
+        raise ConfigError("seeds: expected a table [seeds] with count and first")
+    base = config.build(keys)
     unknown = set(table) - {"count", "first"}
     if unknown:
         raise ConfigError(f"seeds.{sorted(unknown)[0]}: unknown key; allowed: count, first")
     count = table.get("count", 1000) if count is None else count
-    first = table.get("first", 0)
+    first = table.get("first", 0) if first is None else first
     for key, value, low in (("count", count, 1), ("first", first, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"seeds.{key}: must be an integer >= {low}, got {value!r}")
@@ -132,19 +139,49 @@ def description(scan: SeedScan, summary: dict) -> str:
             "(every seed's curves, which `make compare` reads).")
 
 
+@dataclass
+class TrainedScan:
+    """Every seed trained: the curves, one row per seed, the spread across seeds."""
+    batch: BatchResult
+    rows: list[dict]
+    """per_seed_rows"""
+    summary: dict
+    """how many seeds reached and held the target, diverged; each spread (`spread`); train_seconds"""
+
+
+def train_scan(scan: SeedScan, workspace: Workspace) -> TrainedScan:
+    """Train every seed at once and measure them; nothing is logged (`tracked_scan` logs it)."""
+    cfgs = [replace(scan.base, seed=seed) for seed in scan.seeds]
+    start = time.perf_counter()
+    batch = train_batch(cfgs, workspace.data, workspace.device)
+    train_seconds = time.perf_counter() - start
+    rows = per_seed_rows(scan, batch)
+    summary = {"diverged": int(batch.diverged.sum()), "train_seconds": train_seconds}
+    for name, count in zip(CONVERGENCE, ("reached", "held")):
+        values = [r[name] for r in rows if r[name] is not None]
+        summary[count] = len(values)
+        summary.update({f"{name}_{k}": v for k, v in spread(values).items()} if values else {})
+    return TrainedScan(batch, rows, summary)
+
+
 def run_scan(scan: SeedScan, tracker: Tracker, status: Status | None = None) -> tuple[str, dict]:
     """Train every seed at once, log one run; returns its id and the summary numbers. `status`
     is told each phase (harness/progress.py)."""
+    run_id, trained = tracked_scan(scan, tracker, status)
+    return run_id, trained.summary
+
+
+def tracked_scan(scan: SeedScan, tracker: Tracker, status: Status | None = None,
+                 workspace: Workspace | None = None) -> tuple[str, TrainedScan]:
+    """`run_scan`, returning everything trained: the run's id and the `TrainedScan`."""
     status = status or Quiet()
-    workspace = Workspace.for_config(scan.base)
-    cfgs = [replace(scan.base, seed=seed) for seed in scan.seeds]
+    workspace = workspace or Workspace.for_config(scan.base)
     name = scan.base.run_name or f"{scan.base.experiment}__{scan.count}seeds__{time.strftime('%Y%m%d-%H%M%S')}"
     params = {**run_params(scan.base, workspace.device), "seed": f"{scan.first}..{scan.first + scan.count - 1}",
               "seeds.count": scan.count, "seeds.first": scan.first}
     with tracker.run(scan.base.experiment, name, params=params, tags={"scan": "seeds"}) as logger:
-        start = time.perf_counter()
-        batch = train_batch(cfgs, workspace.data, workspace.device)
-        train_seconds = time.perf_counter() - start
+        trained = train_scan(scan, workspace)
+        batch, rows, summary = trained.batch, trained.rows, trained.summary
 
         status.set(f"logging the curves of {scan.count} seeds")
         bands = {m: percentiles(batch.history[m]) for m in METRICS}
@@ -152,12 +189,6 @@ def run_scan(scan: SeedScan, tracker: Tracker, status: Status | None = None) -> 
             logger.log_metrics({f"{m}_{p}": bands[m][p][step] for m in METRICS for p in PERCENTILES
                                 if np.isfinite(bands[m][p][step])}, step=step)
 
-        rows = per_seed_rows(scan, batch)
-        summary = {"diverged": int(batch.diverged.sum()), "train_seconds": train_seconds}
-        for name, count in zip(CONVERGENCE, ("reached", "held")):
-            values = [r[name] for r in rows if r[name] is not None]
-            summary[count] = len(values)
-            summary.update({f"{name}_{k}": v for k, v in spread(values).items()} if values else {})
         logger.log_metrics(summary)
         logger.set_tags({"reached_target_seeds": summary["reached"], "held_target_seeds": summary["held"],
                          "trainer": batch.trainer, "mlflow.note.content": description(scan, summary)})
@@ -180,4 +211,4 @@ def run_scan(scan: SeedScan, tracker: Tracker, status: Status | None = None) -> 
                 logger.log_artifact(Path(tmp) / f"{name}.png", "figures")
                 # also as a step image: the run's Model metrics tab shows it first, beside its charts
                 logger.log_image(Image.open(Path(tmp) / f"{name}.png").convert("RGB"), key=name, step=0)
-    return logger.run_id, summary
+    return logger.run_id, trained
