@@ -1,15 +1,14 @@
 """What each command of `python -m harness` does: load its config (a bad key fails before the
-heavy imports), call the library, print what the user needs. The parser and the one-line
+heavy imports), call the library (train, seeds, sweep and compare: the Python API,
+harness/api.py), print what the user needs. The parser and the one-line
 errors are harness/__main__.py's."""
 
 import argparse
 import os
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
-from harness.core.config import ConfigError
 from harness.signals import exit_code
 
 DEFAULT_STUDY = "experiments/sweep.toml"  # the study `make sweep` runs, `make ui` and `make dashboard` link to, `make export` writes
@@ -19,34 +18,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from harness.core import config
 
     cfg = config.load(args.experiment, args.set)  # a bad key fails here, before the heavy imports
-    from harness.experiment import Workspace, run_training
-    from harness.tracking.store_check import check_writable
-    from harness.tracking.tracker import Tracker, tracking_uri
-
-    from harness.trainers.registry import choose
-
-    workspace = Workspace.for_config(cfg)  # device and data errors surface before any run exists
-    choose([cfg], workspace.device, drawing=True)  # and a named trainer that does not train it
+    from harness import api
     from harness.core.config import target_text
-    from harness.progress import StepBar, bar
 
-    check_writable(tracking_uri())
-    tracker = Tracker()
-    with bar(cfg.iterations + 1, f"training lr {cfg.lr:g} seed {cfg.seed}", "step") as steps:
-        outcome = run_training(cfg, tracker, workspace, callbacks=StepBar(steps))
-    result = outcome.result
-    print(f"run {outcome.run_id} in experiment '{cfg.experiment}' on {outcome.device}")
-    print("final  " + "  ".join(f"{k} {v:.4f}" for k, v in result.final.items()))
-    if result.diverged:
-        print(f"diverged: the loss became non-finite at step {result.last_step}")
+    run = api.train(cfg, boundaries=False, progress=True)
+    print(f"run {run.run_id} in experiment '{cfg.experiment}' on {run.device}")
+    print("final  " + "  ".join(f"{k} {v:.4f}" for k, v in run.final.items()))
+    if run.diverged:
+        print(f"diverged: the loss became non-finite at step {run.last_step}")
     target = target_text(cfg)
-    if result.iterations_to_target is None:
+    if run.iterations_to_target is None:
         print(f"never reached {target}")
     else:
-        held = result.iterations_to_target_held
-        print(f"iterations_to_target {result.iterations_to_target}, iterations_to_target_held "
+        held = run.iterations_to_target_held
+        print(f"iterations_to_target {run.iterations_to_target}, iterations_to_target_held "
               f"{held if held is not None else f'none (never held for {cfg.hold_steps} steps)'}: {target}")
-    print(f"the run: {tracker.run_link(outcome.run_id)}")
+    print(f"the run: {run.link}")
     return 0
 
 
@@ -58,12 +45,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         from harness.tracking import writer, writer_process  # a lone worker's writer process (harness/study/worker.py, `work`)
 
         writer_process.start_early(writer.tracking_uri())
-    from harness.study.sweep import run_sweep
+    from harness import api
     from harness.study.summary import format_table
 
     study = args.study or sweep.settings.study
     try:
-        summary = run_sweep(sweep, trials=args.trials, study_name=study, workers=args.workers, total=args.total)
+        result = api.sweep(sweep, trials=args.trials, study=study, workers=args.workers, total=args.total,
+                           progress=True)
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (harness/signals.py)
         if args.total is not None:
             again = "the same command (make worker ...)"
@@ -76,7 +64,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: the running trial is FAILED in Optuna and KILLED in MLflow; finished trials are kept.\n"
               f"continue the study with: {again}", file=sys.stderr)
         return exit_code(e)
-    print(format_table(summary))
+    print(format_table(result.summary))
     return 0
 
 
@@ -84,22 +72,12 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     from harness.analysis import seed_scan
 
     scan = seed_scan.load(args.experiment, args.set, count=args.count)  # bad input fails before the heavy work
-    from harness.core.runtime import resolve_device
-    from harness.trainers.registry import choose
-    from harness.tracking.store_check import check_writable
-
-    choose([scan.base], resolve_device(scan.base.device), drawing=False)
-    from harness.tracking.tracker import Tracker, tracking_uri
-
+    from harness import api
     from harness.core.config import target_text
-    from harness.progress import Status
 
-    check_writable(tracking_uri())
-    tracker = Tracker()
-    with Status(f"training {scan.count} seeds together") as status:
-        run_id, summary = seed_scan.run_scan(scan, tracker, status)
-    base = scan.base
-    print(f"run {run_id} in experiment '{base.experiment}': {scan.count} seeds at lr {base.lr:g}, "
+    result = api.seed_scan(scan, progress=True)
+    base, summary = scan.base, result.summary
+    print(f"run {result.run_id} in experiment '{base.experiment}': {scan.count} seeds at lr {base.lr:g}, "
           f"{base.iterations} iterations, trained together in {summary['train_seconds']:.1f} s")
     print(f"iterations to {target_text(base)}, depending only on the seed:")
     for name, what, count in (("iterations_to_target", "first reached", "reached"),
@@ -108,63 +86,25 @@ def cmd_seeds(args: argparse.Namespace) -> int:
                    f"p10 {summary[f'{name}_p10']:.0f}, p90 {summary[f'{name}_p90']:.0f}); " if summary[count] else "")
         print(f"  {what}: {numbers}{summary[count]} of {scan.count} seeds")
     print(f"{summary['diverged']} of {scan.count} seeds diverged")
-    print(f"the run: {tracker.run_link(run_id)}")
+    print(f"the run: {result.link}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.core import config
-    from harness.study import config as study_config
-    from harness.analysis.compare_config import CompareOptions
+    from harness import api
 
-    options = CompareOptions(step=args.step, bands_per_decade=args.bands_per_decade,
-                             min_trials=args.min_trials).check()
-    values = config.read_toml(args.experiment) if args.experiment else {"sweep": {}}
-    if args.run and args.study:
-        raise ConfigError("--study, --run: give one, a study or a seed scan's run")
-    if not args.run and not ({"sweep", "seeds"} & set(values)):
-        raise ConfigError(f"experiment file: {args.experiment} has neither a [sweep] table (a study) "
-                          "nor a [seeds] table (a seed scan) to compare")
-    scan = args.run is not None or ("seeds" in values and "sweep" not in values)
-    if scan:
-        from harness.analysis.seed_scan import load as seed_scan_file
-        experiment = seed_scan_file(args.experiment).base.experiment
-    else:
-        study = args.study or study_config.load(args.experiment).settings.study
-    from harness.analysis import compare, report, report_files
-    from harness.study.storage import read_study, storage_url
-    from harness.tracking.tracker import Tracker
+    result = api.compare(args.experiment, study=args.study, run=args.run, out=args.out, step=args.step,
+                         bands_per_decade=args.bands_per_decade, min_trials=args.min_trials, progress=True)
+    from harness.analysis import report
 
-    from harness.progress import Status
-
-    with Status("reading the seed scan" if scan else f"reading study '{study}'") as status:
-        if scan:
-            tracker = Tracker()
-            comparison = compare.scan_comparison(args.run, experiment, tracker, options)
-        else:  # a store this process cannot write to is read as it is
-            found = read_study(study, storage_url())  # before the tracking store is touched
-            tracker = Tracker()
-            comparison = compare.study_comparison(found, tracker, options, status)
-        if args.out:
-            folder = Path(args.out)
-        elif tracker.read_only:  # not beside the store: it cannot be written to
-            folder = Path(tempfile.mkdtemp(prefix=f"wine-init-report-{report_files.folder_name(comparison.name)}-"))
-        else:
-            folder = report_files.default_folder(tracker, comparison.name)
-        status.set("drawing the report's figures")
-        path, notes, logged = report_files.write_report(comparison, tracker, folder)
-        made = existing = None
-        if comparison.kind == "study" and not tracker.read_only:
-            status.set("making each trial's boundary.gif")
-            made, existing = report.trial_gifs(comparison, tracker)
-    print(report.terminal_table(comparison))
-    for note in notes:
+    print(report.terminal_table(result.comparison))
+    for note in result.notes:
         print(note)
-    if made is not None:
-        print(f"boundary.gif: logged to {made} trial runs ({existing} had one already)")
-    print(f"report: {path} (logged to run {comparison.run_id} as {logged}/)" if logged else
-          f"report: {path} (the tracking store is read-only: nothing was logged to it)")
-    print(f"the run: {tracker.run_link(comparison.run_id)}")
+    if result.gifs is not None:
+        print(f"boundary.gif: logged to {result.gifs[0]} trial runs ({result.gifs[1]} had one already)")
+    print(f"report: {result.report} (logged to run {result.run_id} as {result.logged}/)" if result.logged else
+          f"report: {result.report} (the tracking store is read-only: nothing was logged to it)")
+    print(f"the run: {result.link}")
     return 0
 
 
