@@ -39,13 +39,14 @@ class LoggingCallbacks(Callbacks):
 class Workspace:
     """What runs with the same data settings share: the device, the tensors, the renderer."""
     device: torch.device
-    data: data_lib.WineData
+    data: data_lib.Data
     renderer: BoundaryRenderer
     key: tuple
 
     @staticmethod
     def data_key(cfg: TrainConfig) -> tuple:
-        return (str(cfg.features), cfg.split_seed, cfg.val_fraction, cfg.image_size, cfg.device, cfg.trainer == "torch")
+        return (cfg.dataset, cfg.label, cfg.n_samples, cfg.noise, cfg.data_seed, str(cfg.features), cfg.split_seed,
+                cfg.val_fraction, cfg.image_size, cfg.device, cfg.trainer == "torch")
 
     @classmethod
     def for_config(cls, cfg: TrainConfig, reuse: "Workspace | None" = None) -> "Workspace":
@@ -90,10 +91,10 @@ def train_together(cfgs: list[TrainConfig], workspace: Workspace) -> tuple[Batch
     return train_batch(cfgs, workspace.data, workspace.device, keep), drawn
 
 
-def draw(workspace: Workspace, kept: Drawn) -> list[tuple[int, object]]:
+def draw(workspace: Workspace, kept: Drawn, activation_name: str = "relu") -> list[tuple[int, object]]:
     """The boundary images of one model's kept weights, as (step, image), in one batched forward."""
     steps, weights, titles = zip(*kept) if kept else ((), (), ())
-    return list(zip(steps, workspace.renderer.render_stacked(weights, titles)))
+    return list(zip(steps, workspace.renderer.render_stacked(weights, titles, activation_name)))
 
 
 @dataclass
@@ -184,7 +185,7 @@ def run_training(cfg: TrainConfig, tracker: Tracker, workspace: Workspace | None
     if trainer != "torch":
         batch, drawn = train_together([cfg], workspace)
         run_id, result = record_trained_run(cfg, tracker, workspace.device, batch.result(0, cfg),
-                                            draw(workspace, drawn[0]), spec, callbacks)
+                                            draw(workspace, drawn[0], cfg.activation), spec, callbacks)
         return RunOutcome(run_id, result, workspace.device)
     with tracker.run(cfg.experiment, spec.run_name or default_run_name(cfg),
                      params=run_params(cfg, workspace.device), tags=spec.tags,

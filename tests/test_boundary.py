@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from harness.core import config, data as data_lib
+from harness.core.runtime import init_generator
 from harness.render.boundary import REGION_COLORS, renderer_for, title_text
 
 
@@ -71,10 +72,10 @@ def test_batched_regions_match_each_model_alone(cpu):
     cfgs = [config.build({"seed": s, "hidden": [16, 8]}) for s in range(4)]
     wine = data_lib.load(cfgs[0], cpu)
     renderer = renderer_for(wine, 256, cpu)
-    params = stacked_parameters(cfgs, 2, cpu)
+    params = stacked_parameters(cfgs, 2, 3, cpu)
     regions = renderer.predict_regions_batched(params, torch.tensor([3, 1]))
     for j, k in enumerate([3, 1]):
-        model = create(cfgs[k], 2, init_generator(cfgs[k].seed), cpu)
+        model = create(cfgs[k], 2, 3, init_generator(cfgs[k].seed), cpu)
         alone = model(renderer.grid).argmax(dim=1).to(torch.uint8).numpy().reshape(renderer.grid_shape)
         assert np.array_equal(regions[j], alone)  # the model's own forward
         assert np.array_equal(renderer.predict_regions(model), alone)
@@ -94,7 +95,7 @@ def test_one_hidden_layer_regions_in_c_are_the_torch_ops_regions(cpu):
     cfgs = [config.build({"seed": s, "init": init, "hidden": [24]})
             for s in range(4) for init in ("default", "kaiming_normal", "normal")]
     for scale in (1.0, 4.0, 30.0):  # trained weights grow: the regions' edges move and sharpen
-        params = [p * scale for p in stacked_parameters(cfgs, 2, cpu)]
+        params = [p * scale for p in stacked_parameters(cfgs, 2, 3, cpu)]
         in_c = fused_cpu.grid_classes(params, renderer.grid_t)
         torch_ops = predicted_classes(forward(params, renderer.grid_t)[-1]).to(torch.uint8)
         # a BLAS may sum in another order: a point whose two best logits tie to the last bit
@@ -103,15 +104,30 @@ def test_one_hidden_layer_regions_in_c_are_the_torch_ops_regions(cpu):
         assert len(torch.unique(torch_ops)) == 3  # every class shows somewhere: the test sees edges
 
 
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "sigmoid", "leaky_relu"])
+def test_every_activation_is_drawn_as_its_own_forward_classifies(activation, cpu):
+    from harness.core.model import create
+
+    wine = data_lib.load(config.build({}), cpu)
+    renderer = renderer_for(wine, 256, cpu)
+    model = create(config.build({"activation": activation, "init": "normal", "init_std": 1.0, "hidden": [16, 8]}),
+                   2, 3, init_generator(0), cpu)
+    expected = model(renderer.grid).argmax(dim=1).to(torch.uint8).numpy().reshape(renderer.grid_shape)
+    assert (renderer.predict_regions(model) != expected).sum() <= expected.size // 10_000  # ties to the last bit
+    assert len(np.unique(expected)) > 1
+
+
 def test_a_model_laid_out_otherwise_is_drawn_by_its_own_forward(cpu):
-    from harness.render.boundary import is_harness_mlp
+    from harness.render.boundary import mlp_activation
     from harness.core.model import build_mlp
 
-    assert is_harness_mlp(build_mlp(2, [32])) and is_harness_mlp(build_mlp(2, [16, 8]))
+    assert mlp_activation(build_mlp(2, [32])) == "relu" and mlp_activation(build_mlp(2, [16, 8], 4)) == "relu"
+    assert mlp_activation(build_mlp(2, [16, 8], 2, "gelu")) == "gelu"
     for other in (nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 3)), nn.Sequential(nn.Linear(2, 3), nn.ReLU()),
                   nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3, bias=False)),
-                  nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 4)), SplitByFirstInput()):
-        assert not is_harness_mlp(other)
+                  nn.Sequential(nn.Linear(2, 8), nn.LeakyReLU(0.2), nn.Linear(8, 3)),  # not the config's slope
+                  nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3)), SplitByFirstInput()):
+        assert mlp_activation(other) is None
     wine = data_lib.load(config.build({}), cpu)
     renderer = renderer_for(wine, 256, cpu)
     two_linears = nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 3))  # no ReLU between them

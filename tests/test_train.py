@@ -95,11 +95,11 @@ def test_a_non_finite_loss_stops_the_run(wine, cpu):
 @pytest.mark.parametrize("init", ["default", "xavier_uniform", "kaiming_normal", "normal", "uniform", "orthogonal"])
 def test_initial_weights_depend_only_on_the_seed(init, cpu):
     cfg = config.build({"init": init, "hidden": [8, 4]})
-    first = [p.clone() for p in create(cfg, 2, seed_everything(3), cpu).parameters()]
+    first = [p.clone() for p in create(cfg, 2, 3, seed_everything(3), cpu).parameters()]
     torch.rand(100)  # unrelated use of the global generator changes nothing
-    second = list(create(cfg, 2, seed_everything(3), cpu).parameters())
+    second = list(create(cfg, 2, 3, seed_everything(3), cpu).parameters())
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    third = list(create(cfg, 2, seed_everything(4), cpu).parameters())
+    third = list(create(cfg, 2, 3, seed_everything(4), cpu).parameters())
     assert not torch.equal(first[0], third[0])
 
 
@@ -107,7 +107,7 @@ def test_default_init_is_what_nn_linear_draws(cpu):
     with torch.random.fork_rng():  # nn.Linear draws from the global generator as it is built
         torch.manual_seed(5)
         reference = build_mlp(2, [8, 4])
-    ours = create(config.build({"hidden": [8, 4]}), 2, init_generator(5), cpu)
+    ours = create(config.build({"hidden": [8, 4]}), 2, 3, init_generator(5), cpu)
     assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
 
 
@@ -132,7 +132,7 @@ def test_init_schemes_are_what_torch_nn_init_draws(init, cpu):
             TORCH_INITS[init](layer.weight, generator)
             torch.nn.init.zeros_(layer.bias)
     ours = create(config.build({"init": init, "init_std": 0.3, "init_low": -0.2, "init_high": 0.5, "init_value": 0.25,
-                                "hidden": [8, 4]}), 2, init_generator(5), cpu)
+                                "hidden": [8, 4]}), 2, 3, init_generator(5), cpu)
     assert all(torch.allclose(a, b, rtol=0, atol=1e-6 if init == "orthogonal" else 0)
                for a, b in zip(ours.parameters(), reference.parameters()))
 
@@ -143,7 +143,7 @@ def test_every_init_is_tested():
 
 def test_default_init_matches_pytorch_distribution(cpu):
     cfg = config.build({"hidden": [256]})
-    model = create(cfg, 2, seed_everything(0), cpu)
+    model = create(cfg, 2, 3, seed_everything(0), cpu)
     bound = 1 / math.sqrt(2)
     weight = model[0].weight
     assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
@@ -152,7 +152,7 @@ def test_default_init_matches_pytorch_distribution(cpu):
 
 def test_normal_init_uses_init_std(cpu):
     cfg = config.build({"init": "normal", "init_std": 0.02, "hidden": [512]})
-    model = create(cfg, 13, seed_everything(0), cpu)
+    model = create(cfg, 13, 3, seed_everything(0), cpu)
     assert abs(model[0].weight.std().item() - 0.02) < 0.002
     assert torch.count_nonzero(model[0].bias) == 0
 

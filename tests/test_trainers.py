@@ -8,9 +8,11 @@ from mlflow import MlflowClient
 
 from harness.core import config
 from harness.core.config import INITS, TRAINER_NAMES, ConfigError, TrainConfig
-from harness.trainers.registry import FOLLOWED, OUTSIDE, SHARED, TRAINERS, Only, choose
+from harness.trainers.registry import FOLLOWED, OUTSIDE, SHARED, TRAINERS, UNREAD, Only, choose
 from conftest import run_cli
-from test_batched import configs, needs_compiler
+from harness.core.config import ACTIVATIONS, OPTIMIZERS
+from harness.core.datasets import NAMES
+from test_batched import KERNEL_DATASETS, TORCH_ONLY, configs, needs_compiler, torch_only
 
 
 def test_every_config_field_is_declared_for_every_trainer():
@@ -22,20 +24,28 @@ def test_every_config_field_is_declared_for_every_trainer():
         assert not undeclared, f"trainer {trainer.name}: declare what it does with {undeclared} (harness/trainers/registry.py)"
         assert set(trainer.fields) == set(fields), f"trainer {trainer.name} declares fields TrainConfig does not have"
         for key, rule in trainer.fields.items():
-            assert rule in (FOLLOWED, SHARED, OUTSIDE) or isinstance(rule, Only), f"{trainer.name}.{key}: {rule!r}"
+            assert rule in (FOLLOWED, SHARED, OUTSIDE, UNREAD) or isinstance(rule, Only), f"{trainer.name}.{key}: {rule!r}"
     assert set(TRAINERS) | {"auto"} == set(TRAINER_NAMES)
 
 
 def test_the_parity_configs_train_every_declared_value():
-    """tests/test_batched.py checks each trainer against the loop on `configs()`, with one and
-    two hidden layers, two features and all: those must use every value a trainer follows."""
+    """tests/test_batched.py checks each trainer against the loop: the kernels on `configs()`
+    (with one and two hidden layers, two features and all, and every dataset of 3 classes), the
+    torch ops also on TORCH_ONLY. Together they use every value a trainer follows, every
+    optimizer, activation and dataset, and each kernel's configs vary every key it follows."""
     cfgs = configs()
     assert {c.init for c in cfgs} == set(INITS)
     assert {c.momentum == 0 for c in cfgs} == {True, False}
     assert len({c.iterations for c in cfgs}) > 1 and len({c.lr for c in cfgs}) == len(cfgs)
-    followed = {key for t in TRAINERS.values() for key, rule in t.fields.items() if rule == FOLLOWED}
-    varied = {key for key in followed if len({getattr(c, key) for c in cfgs}) > 1}
-    assert varied == followed, f"the parity configs never vary {followed - varied}"
+    for trainer in TRAINERS.values():
+        followed = {key for key, rule in trainer.fields.items() if rule == FOLLOWED}
+        trained = cfgs + ([c for name in TORCH_ONLY for c in torch_only(name)] if trainer.name == "torch" else [])
+        varied = {key for key in followed if len({getattr(c, key) for c in trained}) > 1}
+        assert varied == followed, f"{trainer.name}: the parity configs never vary {followed - varied}"
+    everything = cfgs + [c for name in TORCH_ONLY for c in torch_only(name)]
+    assert {c.optimizer for c in everything} == set(OPTIMIZERS)
+    assert {c.activation for c in everything} == set(ACTIVATIONS)
+    assert {c.dataset for c in everything} | set(KERNEL_DATASETS) | {"csv:PATH"} == set(NAMES)
 
 
 def test_auto_takes_the_fastest_trainer_that_covers_the_configs(cpu):

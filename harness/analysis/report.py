@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from harness.analysis.compare import Band, Comparison, Spread
-from harness.core.config import WINE_SAMPLES, train_size
+from harness.core.config import dataset_facts, train_size
 
 GIF_FRAME_MS = 150
 
@@ -75,7 +75,7 @@ def band_tables(c: Comparison) -> list[Table]:
             n = sum(spread_of(b).n for b in c.bands)
             same = f"{number(value, digits)} for all {n} networks"
             if what == "finished" and c.base is not None:
-                val = WINE_SAMPLES - train_size(c.base)
+                val = dataset_facts(c.base).samples - train_size(c.base)
                 same += f", {round(value * val)} of the {val} validation points"
         tables.append(Table(title, header, rows, same))
     return tables

@@ -178,7 +178,7 @@ def scan_grid(c: Comparison) -> tuple[tuple[str, Figure] | None, str]:
 
     def draw(at, params, models, metrics):
         if at == step:
-            regions = workspace.renderer.predict_regions_batched(params, models)
+            regions = workspace.renderer.predict_regions_batched(params, models, c.base.activation)
             for j, m in enumerate(models.tolist()):
                 images[m] = workspace.renderer.compose(regions[j], title_text(at, float(metrics[0, j]), float(metrics[1, j])))
 

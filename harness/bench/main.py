@@ -35,7 +35,7 @@ def bench_render(quick: bool) -> dict[str, float]:
     wine = data_lib.load(cfg, device)
     from harness.trainers.fused_cpu import grid_classes  # as a sweep on the CPU draws (experiment.Workspace)
     renderer = renderer_for(wine, cfg.image_size, device, grid_classes)
-    model = create(cfg, wine.n_features, seed_everything(0), device)
+    model = create(cfg, wine.n_features, wine.n_classes, seed_everything(0), device)
     labels = wine.y_train.numpy()
 
     ours = per_call(lambda: renderer.render(model, 10, 0.5, 0.8), 20 if quick else 200)

@@ -166,7 +166,7 @@ def bench_calls(quick: bool) -> dict[str, float]:
     repeats = 3 if quick else 21
     cfg = config.build({"device": "cpu"})
     workspace = Workspace.for_config(cfg)
-    model = create(cfg, workspace.data.n_features, seed_everything(0), workspace.device)
+    model = create(cfg, workspace.data.n_features, workspace.data.n_classes, seed_everything(0), workspace.device)
     image = workspace.renderer.render(model, 0, 1.0, 0.5)
     step_metrics = {"train_loss": 0.5, "train_accuracy": 0.5, "val_loss": 0.5, "val_accuracy": 0.5}
     with fresh_stores():

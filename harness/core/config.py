@@ -11,15 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-WINE_FEATURES = (
-    "alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium", "total_phenols",
-    "flavanoids", "nonflavanoid_phenols", "proanthocyanins", "color_intensity", "hue",
-    "od280/od315_of_diluted_wines", "proline",
-)  # the names sklearn's load_wine().feature_names gives, checked by a test
-WINE_SAMPLES = 178
-MIN_SPLIT_SIDE = 3  # a stratified split needs one sample of each of the 3 classes on each side
+from harness.core import datasets
+
 INITS = ("default", "xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "normal", "uniform",
          "orthogonal", "constant", "zeros")  # drawn as harness/core/model.py says
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop"}  # torch.optim's names
+ACTIVATIONS = {"relu": "ReLU", "tanh": "Tanh", "gelu": "GELU", "sigmoid": "Sigmoid", "leaky_relu": "LeakyReLU"}  # torch.nn's
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAINER_NAMES = ("auto", "triton", "fused_cpu", "torch")  # declared in harness/trainers/registry.py
 
@@ -34,14 +31,29 @@ class TrainConfig:
     """MLflow experiment the run is logged under"""
     run_name: str = ""
     """MLflow run name; empty builds one from the experiment, seed and time"""
+    dataset: str = "wine"
+    """wine (the lecture's), iris, breast_cancer, moons, circles, blobs (scikit-learn's 2-D
+    generators: n_samples, noise, data_seed), or csv:PATH (a CSV file with a header; label names
+    the target column); harness/core/datasets.py"""
     features: list[str] | str = field(default_factory=lambda: ["alcohol", "color_intensity"])
-    """wine features the network sees, or "all" (13 features, boundary drawn on the first two principal components)"""
+    """the columns the network sees, or "all" (boundary drawn on the first two principal components
+    when there are more than two); the default is wine's pair, and "all" on any other dataset"""
+    label: str = ""
+    """csv: datasets: the target column"""
+    n_samples: int = 300
+    """moons, circles, blobs: how many points are generated"""
+    noise: float = 0.2
+    """moons, circles: the standard deviation of the noise added to the points; blobs: of each cluster"""
+    data_seed: int = 0
+    """moons, circles, blobs: the seed of the generated points, kept apart from the model seed"""
     split_seed: int = 0
     """seed of the stratified train/validation split; kept apart from the model seed"""
     val_fraction: float = 0.3
     """share of the samples held out for validation"""
     hidden: list[int] = field(default_factory=lambda: [32])
-    """widths of the hidden layers (ReLU after each)"""
+    """widths of the hidden layers (the activation after each)"""
+    activation: str = "relu"
+    """after each hidden layer: relu, tanh, gelu, sigmoid or leaky_relu (torch.nn's, slope 0.01)"""
     init: str = "default"
     """weight initialization: default (PyTorch's nn.Linear), xavier_uniform, xavier_normal,
     kaiming_uniform, kaiming_normal (both for ReLU), normal (init_std), uniform (init_low,
@@ -57,10 +69,24 @@ class TrainConfig:
     """upper bound of the weights when init = "uniform\""""
     seed: int = 0
     """model seed: initial weights (and anything else random in training)"""
+    optimizer: str = "sgd"
+    """sgd, adam, adamw or rmsprop: torch.optim's SGD, Adam, AdamW, RMSprop, with the keys below"""
     lr: float = 0.7
-    """SGD learning rate; at 0.7 the default network reaches 85% train accuracy in ~100-200 steps"""
+    """learning rate; with SGD at 0.7 the default network reaches 85% train accuracy in ~100-200 steps"""
     momentum: float = 0.0
-    """SGD momentum"""
+    """sgd and rmsprop: momentum"""
+    nesterov: bool = False
+    """sgd with momentum > 0: Nesterov momentum (without momentum there is nothing to look ahead with: ignored)"""
+    weight_decay: float = 0.0
+    """sgd, adam, rmsprop: L2 penalty added to the gradient; adamw: decoupled decay (torch's default there is 0.01)"""
+    beta1: float = 0.9
+    """adam, adamw: decay of the running mean of the gradient"""
+    beta2: float = 0.999
+    """adam, adamw: decay of the running mean of its square"""
+    alpha: float = 0.99
+    """rmsprop: decay of the running mean of the squared gradient"""
+    eps: float = 1e-8
+    """adam, adamw, rmsprop: added to the denominator"""
     iterations: int = 200
     """number of full-batch SGD updates"""
     target_accuracy: float = 0.85
@@ -80,7 +106,7 @@ class TrainConfig:
 
 
 def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string"}.get(tp, "a list")
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, "a list")
 
 
 def _check_type(key: str, value: Any, default: Any) -> Any:
@@ -98,14 +124,23 @@ def _check_type(key: str, value: Any, default: Any) -> Any:
     tp = type(default)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, tp) or isinstance(value, bool):
+    if not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     return value
 
 
+def dataset_facts(cfg: TrainConfig) -> datasets.Facts:
+    """Samples, feature names and classes of the config's dataset (read once per process; wine's are known)."""
+    try:
+        return datasets.facts(cfg.dataset, cfg.label, cfg.n_samples, cfg.noise, cfg.data_seed)
+    except datasets.DatasetError as e:
+        raise ConfigError(str(e)) from None
+
+
 def train_size(cfg: TrainConfig) -> int:
     """Training samples of the split: scikit-learn's train_test_split holds out ceil(fraction * n)."""
-    return WINE_SAMPLES - math.ceil(cfg.val_fraction * WINE_SAMPLES)
+    samples = dataset_facts(cfg).samples
+    return samples - math.ceil(cfg.val_fraction * samples)
 
 
 def target_points(cfg: TrainConfig) -> int:
@@ -128,12 +163,32 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if not (getattr(cfg, key) > 0 and math.isfinite(getattr(cfg, key))):
             raise ConfigError(f"{key}: must be a finite number > 0, got {getattr(cfg, key)!r}")
 
+    if cfg.dataset not in datasets.BUNDLED + datasets.GENERATED and not cfg.dataset.startswith(datasets.CSV):
+        raise ConfigError(f"dataset: {cfg.dataset!r} is not one of {', '.join(datasets.NAMES)}")
+    if cfg.dataset.startswith(datasets.CSV) and not cfg.label:
+        raise ConfigError("label: a csv: dataset needs label = the name of its target column")
+    if cfg.dataset in datasets.GENERATED:
+        if not 10 <= cfg.n_samples <= 1_000_000:
+            raise ConfigError(f"n_samples: must be in [10, 1000000], got {cfg.n_samples}")
+        if not (cfg.noise >= 0 and math.isfinite(cfg.noise)):
+            raise ConfigError(f"noise: must be a finite number >= 0, got {cfg.noise}")
+        if not 0 <= cfg.data_seed < 2**32:
+            raise ConfigError(f"data_seed: must be an integer in [0, 4294967295], got {cfg.data_seed}")
+    facts = dataset_facts(cfg)
     if cfg.features != "all":
-        unknown = [f for f in cfg.features if f not in WINE_FEATURES]
+        unknown = [f for f in cfg.features if f not in facts.feature_names]
         if unknown:
-            raise ConfigError(f"features: unknown feature {unknown[0]!r}; allowed: \"all\" or names from {', '.join(WINE_FEATURES)}")
+            raise ConfigError(f"features: unknown feature {unknown[0]!r} of {cfg.dataset}; allowed: \"all\" or names from "
+                              f"{', '.join(facts.feature_names)}")
         if len(cfg.features) < 2 or len(set(cfg.features)) != len(cfg.features):
             raise ConfigError("features: need at least two distinct feature names, or \"all\"")
+    if len(facts.feature_names) < 2:
+        raise ConfigError(f"features: {cfg.dataset} has {len(facts.feature_names)} numeric column; the boundary needs two")
+    if facts.classes < 2 or facts.smallest_class < 2:
+        raise ConfigError(f"dataset: {cfg.dataset} needs at least two classes of at least two samples each "
+                          f"(it has {facts.classes} classes, the smallest of {facts.smallest_class})")
+    choose("optimizer", tuple(OPTIMIZERS))
+    choose("activation", tuple(ACTIVATIONS))
     choose("init", INITS)
     choose("device", DEVICES)
     choose("trainer", TRAINER_NAMES)
@@ -155,10 +210,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"hidden: must be a non-empty list of widths >= 1, got {cfg.hidden}")
     if not 0 <= cfg.momentum < 1:
         raise ConfigError(f"momentum: must be in [0, 1), got {cfg.momentum}")
-    n_val = WINE_SAMPLES - train_size(cfg) if 0 < cfg.val_fraction < 1 else 0
-    if not MIN_SPLIT_SIDE <= n_val <= WINE_SAMPLES - MIN_SPLIT_SIDE:
-        raise ConfigError(f"val_fraction: must leave at least {MIN_SPLIT_SIDE} of the {WINE_SAMPLES} samples on each side "
-                          f"of the split (about 0.02 to 0.98), got {cfg.val_fraction}")
+    for key in ("beta1", "beta2", "alpha"):  # as torch.optim checks them (alpha may be 1)
+        if not (0 <= getattr(cfg, key) < 1 or (key == "alpha" and cfg.alpha == 1)):
+            raise ConfigError(f"{key}: must be in [0, 1), got {getattr(cfg, key)}")
+    if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
+        raise ConfigError(f"weight_decay: must be a finite number >= 0, got {cfg.weight_decay}")
+    positive("eps")
+    # a stratified split needs a sample of each class on each side
+    samples, classes = facts.samples, facts.classes
+    n_val = samples - train_size(cfg) if 0 < cfg.val_fraction < 1 else 0
+    if not classes <= n_val <= samples - classes:
+        raise ConfigError(f"val_fraction: must leave at least {classes} of the {samples} samples of {cfg.dataset} on each "
+                          f"side of the split (one of each class), got {cfg.val_fraction}")
     if not 0 < cfg.target_accuracy <= 1:
         raise ConfigError(f"target_accuracy: must be in (0, 1], got {cfg.target_accuracy}")
     if cfg.hold_steps < 1:  # a hold longer than the run is allowed: it is never met (a sweep refuses it as its objective)
@@ -179,6 +242,8 @@ def build(values: dict[str, Any]) -> TrainConfig:
         if key not in known:
             raise ConfigError(f"{key}: unknown key; allowed: {', '.join(sorted(known))}")
         checked[key] = _check_type(key, value, getattr(defaults, key))
+    if checked.get("dataset", defaults.dataset) != "wine" and "features" not in checked:
+        checked["features"] = "all"  # the default pair is wine's
     return validate(dataclasses.replace(defaults, **checked))
 
 
@@ -224,7 +289,9 @@ def from_params(params: dict[str, str]) -> TrainConfig:
         if f.name not in params:
             continue
         raw, default = params[f.name], getattr(defaults, f.name)
-        if raw.startswith("[") or not isinstance(default, (str, list)):
+        if isinstance(default, bool):
+            values[f.name] = raw == "True"
+        elif raw.startswith("[") or not isinstance(default, (str, list)):
             # numbers and lists: Python's str() of them is valid TOML ('a' is a literal string)
             values[f.name] = tomllib.loads(f"v = {raw}")["v"]
         else:

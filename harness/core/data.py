@@ -1,4 +1,5 @@
-"""The wine data: a stratified split, a scaler fitted on the training part, tensors on the device.
+"""A run's data: its dataset's table (harness/core/datasets.py), a stratified split, a scaler
+fitted on the training part, tensors on the device.
 
 The network sees standardized features. The boundary is drawn on a 2-D plane: the two chosen
 features in their own units, or, with more features ("all" is 13), the first two principal
@@ -9,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.datasets import load_wine
 from sklearn.decomposition import PCA
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from harness.core import datasets
 from harness.core.config import TrainConfig
 
 
@@ -31,7 +32,7 @@ class Plane:
 
 
 @dataclass
-class WineData:
+class Data:
     x_train: torch.Tensor
     y_train: torch.Tensor
     x_val: torch.Tensor
@@ -42,6 +43,10 @@ class WineData:
     @property
     def n_features(self) -> int:
         return self.x_train.shape[1]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
 
 
 UNITS = {"alcohol": "% vol", "malic_acid": "g/L", "ash": "g/L", "magnesium": "mg/L", "proline": "mg/L"}
@@ -55,18 +60,18 @@ def axis_label(feature: str) -> str:
 
 
 def split(cfg: TrainConfig):
-    """Raw train/val arrays of the chosen features and the feature names."""
-    wine = load_wine()
-    names = list(wine.feature_names)
+    """Raw train/val arrays of the chosen features, the feature names and the class names."""
+    table = datasets.table(cfg.dataset, cfg.label, cfg.n_samples, cfg.noise, cfg.data_seed)
+    names = list(table.feature_names)
     chosen = names if cfg.features == "all" else list(cfg.features)
-    x = wine.data[:, [names.index(f) for f in chosen]]
+    x = table.x[:, [names.index(f) for f in chosen]]
     x_train, x_val, y_train, y_val = train_test_split(
-        x, wine.target, test_size=cfg.val_fraction, random_state=cfg.split_seed, stratify=wine.target
+        x, table.y, test_size=cfg.val_fraction, random_state=cfg.split_seed, stratify=table.y
     )
-    return x_train, x_val, y_train, y_val, chosen, tuple(wine.target_names)
+    return x_train, x_val, y_train, y_val, chosen, table.class_names
 
 
-def load(cfg: TrainConfig, device: torch.device) -> WineData:
+def load(cfg: TrainConfig, device: torch.device) -> Data:
     x_train, x_val, y_train, y_val, names, class_names = split(cfg)
     scaler = StandardScaler().fit(x_train)  # fitted on the training part only
     z_train, z_val = scaler.transform(x_train), scaler.transform(x_val)
@@ -84,7 +89,7 @@ def load(cfg: TrainConfig, device: torch.device) -> WineData:
     def tensor(a, dtype):
         return torch.as_tensor(np.asarray(a), dtype=dtype).to(device)
 
-    return WineData(
+    return Data(
         x_train=tensor(z_train, torch.float32), y_train=tensor(y_train, torch.long),
         x_val=tensor(z_val, torch.float32), y_val=tensor(y_val, torch.long),
         plane=plane, class_names=class_names,

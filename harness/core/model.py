@@ -1,4 +1,5 @@
-"""The lecture's network: a small MLP with ReLU, 3 logits, and a choice of initialization.
+"""The lecture's network: a small MLP (ReLU, or the config's activation), a logit per class,
+and a choice of initialization.
 
 Every scheme draws the weights as torch.nn.init draws them, from the run's own generator;
 the biases are drawn as nn.Linear draws them under `default`, and are zeros under every other
@@ -9,14 +10,19 @@ import math
 import torch
 from torch import nn
 
-from harness.core.config import TrainConfig
+from harness.core.config import ACTIVATIONS, TrainConfig
 
 
-def build_mlp(n_inputs: int, hidden: list[int], n_classes: int = 3) -> nn.Sequential:
+def activation(name: str) -> nn.Module:
+    """The activation module by its config name (torch.nn's, with its default arguments)."""
+    return getattr(nn, ACTIVATIONS[name])()
+
+
+def build_mlp(n_inputs: int, hidden: list[int], n_classes: int = 3, activation_name: str = "relu") -> nn.Sequential:
     layers: list[nn.Module] = []
     width = n_inputs
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
+        layers += [nn.Linear(width, h), activation(activation_name)]
         width = h
     layers.append(nn.Linear(width, n_classes))
     return nn.Sequential(*layers)
@@ -92,8 +98,9 @@ def initialize(model: nn.Module, cfg: TrainConfig, generator: torch.Generator) -
             draw(layer.bias, bias_rule, generator)
 
 
-def create(cfg: TrainConfig, n_inputs: int, generator: torch.Generator, device: torch.device) -> nn.Sequential:
+def create(cfg: TrainConfig, n_inputs: int, n_classes: int, generator: torch.Generator,
+           device: torch.device) -> nn.Sequential:
     """The initialized network, on `device`. Weights are drawn on the CPU, so every device starts alike."""
-    model = build_mlp(n_inputs, cfg.hidden)
+    model = build_mlp(n_inputs, cfg.hidden, n_classes, cfg.activation)
     initialize(model, cfg, generator)
     return model.to(device)

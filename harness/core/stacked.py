@@ -7,17 +7,24 @@ Parameters are [W1, b1, W2, b2, ...] with W: (K, out, in) and b: (K, out, 1), th
 
 import torch
 
+from harness.core.model import activation
 
-def forward(params: list[torch.Tensor], xt: torch.Tensor) -> list[torch.Tensor]:
+
+def activate(pre: torch.Tensor, name: str) -> torch.Tensor:
+    """The activation `name` of `model.build_mlp`, applied to a layer's output (in place for ReLU)."""
+    return pre.relu_() if name == "relu" else activation(name)(pre)
+
+
+def forward(params: list[torch.Tensor], xt: torch.Tensor, activation_name: str = "relu") -> list[torch.Tensor]:
     """Activations of all K models on the shared inputs xt (features, N), samples last:
     [hidden_1, ..., logits], each (K, width, N). Samples last keeps the reductions over the
-    3 classes vectorized over the samples."""
+    classes vectorized over the samples."""
     activations = []
     h = xt
     for i in range(0, len(params), 2):
         h = torch.matmul(params[i], h).add_(params[i + 1])
         if i + 2 < len(params):
-            h = h.relu_()
+            h = activate(h, activation_name)
         activations.append(h)
     return activations
 

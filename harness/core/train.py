@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from harness.core import model as model_lib
-from harness.core.config import TrainConfig, target_points, train_size
-from harness.core.data import WineData
+from harness.core.config import OPTIMIZERS, TrainConfig, target_points, train_size
+from harness.core.data import Data
 from harness.core.runtime import seed_everything
 
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -94,6 +94,15 @@ def steps_to_target(train_accuracy: np.ndarray, cfg: TrainConfig) -> tuple[list[
     return ([int(v) if v >= 0 else None for v in first], [int(v) if v >= 0 else None for v in held])
 
 
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """The config's optimizer, by name from torch.optim, with the keys it takes."""
+    take = {"sgd": dict(momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay),
+            "adam": dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay),
+            "rmsprop": dict(alpha=cfg.alpha, eps=cfg.eps, weight_decay=cfg.weight_decay, momentum=cfg.momentum)}
+    take["adamw"] = take["adam"]
+    return getattr(torch.optim, OPTIMIZERS[cfg.optimizer])(params, lr=cfg.lr, **take[cfg.optimizer])
+
+
 def record_step(result: TrainResult, step: int, metrics: dict[str, float], callbacks: Callbacks) -> bool:
     """Step `step`'s metrics into the result and to `callbacks.on_step`; whether the run ends
     here. A non-finite loss ends it (diverged; what was logged stays), else a callback that asks
@@ -109,11 +118,11 @@ def record_step(result: TrainResult, step: int, metrics: dict[str, float], callb
     return result.diverged or result.stopped_early
 
 
-def train(cfg: TrainConfig, data: WineData, device: torch.device, callbacks: Callbacks = Callbacks()) -> TrainResult:
+def train(cfg: TrainConfig, data: Data, device: torch.device, callbacks: Callbacks = Callbacks()) -> TrainResult:
     generator = seed_everything(cfg.seed)
-    model = model_lib.create(cfg, data.n_features, generator, device)
+    model = model_lib.create(cfg, data.n_features, data.n_classes, generator, device)
     criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = make_optimizer(cfg, model.parameters())
     result = TrainResult()
 
     for step in range(cfg.iterations + 1):
@@ -132,7 +141,7 @@ def train(cfg: TrainConfig, data: WineData, device: torch.device, callbacks: Cal
         if last:
             break
 
-        # backward and step: one small move in the error space
+        # backward and step: one small move in the error space (SGD in the lecture)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

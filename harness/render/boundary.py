@@ -16,16 +16,24 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from harness.core.stacked import forward, predicted_classes
+from harness.core.config import ACTIVATIONS
 from harness.core.data import Plane
+from harness.core.model import activation
+from harness.core.stacked import forward, predicted_classes
 
-REGION_COLORS = np.array([[251, 180, 174], [179, 205, 227], [204, 235, 197]], dtype=np.uint8)
-POINT_COLORS = ["#e41a1c", "#377eb8", "#4daf4a"]
+# matplotlib's Pastel1 for the regions and Set1 for the points, class c taking colour c (mod 9)
+REGION_COLORS = np.array([[251, 180, 174], [179, 205, 227], [204, 235, 197], [222, 203, 228], [254, 217, 166],
+                          [255, 255, 204], [229, 216, 189], [253, 218, 236], [242, 242, 242]], dtype=np.uint8)
+POINT_COLORS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf", "#999999"]
 DPI = 100
 GRID_STRIDE = 2  # pixels per grid point along each axis: a quarter of the forward work
 GRID_CHUNK = 8192  # grid points x models per batched forward (see predict_regions_batched)
 TITLE_GREYS = 16  # palette entries kept for the antialiased title
 AXES = (0.15, 0.2, 0.81, 0.72)  # left, bottom, width, height in the image: the title above, the legend below
+
+
+def region_colors(classes: int) -> np.ndarray:
+    return REGION_COLORS[np.arange(classes) % len(REGION_COLORS)]
 
 
 def plane_extent(points: np.ndarray, margin: float = 0.1) -> tuple[float, float, float, float]:
@@ -38,13 +46,14 @@ def draw_static_layer(ax, plane: Plane, labels: np.ndarray, class_names, extent)
     """What every boundary image shares: the training points, labels and legend."""
     for c, name in enumerate(class_names):
         pts = plane.points[labels == c]
-        ax.scatter(pts[:, 0], pts[:, 1], s=18, c=POINT_COLORS[c], edgecolors="black", linewidths=0.5, label=name)
+        ax.scatter(pts[:, 0], pts[:, 1], s=18, c=POINT_COLORS[c % len(POINT_COLORS)], edgecolors="black",
+                   linewidths=0.5, label=name)
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
     ax.set_xlabel(plane.labels[0])
     ax.set_ylabel(plane.labels[1])
     # below the axes, in one row: never over a point
-    ax.figure.legend(loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=len(class_names), fontsize=8,
+    ax.figure.legend(loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(class_names), 5), fontsize=8,
                      frameon=False, handletextpad=0.2, columnspacing=1.2)
 
 
@@ -57,16 +66,24 @@ def nearest_indices(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
     return distance.argmin(axis=1).astype(np.uint8)[inverse.ravel()].reshape(rgb.shape[:2])
 
 
-def is_harness_mlp(model: nn.Module) -> bool:
-    """Laid out as harness.core.model.build_mlp lays it out, which is what stacked.forward computes (harness/core/stacked.py):
-    Linear, then (ReLU, Linear) pairs, every Linear with its bias, 3 outputs."""
+def mlp_activation(model: nn.Module) -> str | None:
+    """The activation's config name if `model` is laid out as harness.core.model.build_mlp lays
+    it out, which is what stacked.forward computes (harness/core/stacked.py): Linear, then
+    (activation, Linear) pairs, every Linear with its bias, one activation as the config names
+    it (torch's default arguments). None for any other module."""
     if not isinstance(model, nn.Sequential) or len(model) % 2 == 0:
-        return False
+        return None
+    names = set()
     for i, layer in enumerate(model):
-        expected = nn.Linear if i % 2 == 0 else nn.ReLU
-        if type(layer) is not expected or (expected is nn.Linear and layer.bias is None):
-            return False
-    return model[-1].out_features == 3
+        if i % 2 == 0:
+            if type(layer) is not nn.Linear or layer.bias is None:
+                return None
+            continue
+        name = next((n for n in ACTIVATIONS if type(layer) is type(activation(n)) and repr(layer) == repr(activation(n))), None)
+        if name is None:
+            return None
+        names.add(name)
+    return names.pop() if len(names) == 1 else "relu" if not names else None
 
 
 def title_text(step: int, loss: float, accuracy: float) -> str:
@@ -110,11 +127,11 @@ class BoundaryRenderer:
         # an 8-bit PNG, which MLflow encodes several times faster than an RGB one.
         self.axes_size = (width, height)
         layers = [Image.alpha_composite(Image.new("RGBA", self.overlay.size, (*color, 255)), self.overlay).convert("RGB")
-                  for color in [(255, 255, 255), *map(tuple, REGION_COLORS)]]
+                  for color in [(255, 255, 255), *map(tuple, region_colors(len(class_names)))]]
         mosaic = Image.new("RGB", (size * len(layers), size))
         for i, layer in enumerate(layers):
             mosaic.paste(layer, (i * size, 0))
-        exact = [255, 255, 255, *REGION_COLORS.ravel().tolist()]  # the flat colours stay exact
+        exact = [255, 255, 255, *region_colors(len(class_names)).ravel().tolist()]  # the flat colours stay exact
         n_mixed = 256 - TITLE_GREYS - len(exact) // 3
         mixed = mosaic.quantize(n_mixed, method=Image.Quantize.MEDIANCUT).getpalette()[:3 * n_mixed]
         greys = [round(k * 255 / (TITLE_GREYS - 1)) for k in range(TITLE_GREYS)]
@@ -145,9 +162,10 @@ class BoundaryRenderer:
         """Predicted class on the grid (one point per GRID_STRIDE pixels). An MLP of
         harness.core.model goes the way of a model trained in a batch, so both are drawn alike;
         any other module through its own forward."""
-        if is_harness_mlp(model):
+        name = mlp_activation(model)
+        if name is not None:
             params = [t for layer in model if isinstance(layer, nn.Linear) for t in (layer.weight[None], layer.bias.view(1, -1, 1))]
-            return self.predict_regions_batched(params, torch.zeros(1, dtype=torch.long, device=params[0].device))[0]
+            return self.predict_regions_batched(params, torch.zeros(1, dtype=torch.long, device=params[0].device), name)[0]
         was_training = model.training
         model.eval()
         classes = model(self.grid).argmax(dim=1).to(torch.uint8).cpu().numpy()
@@ -155,30 +173,34 @@ class BoundaryRenderer:
         return classes.reshape(self.grid_shape)
 
     @torch.no_grad()
-    def predict_regions_batched(self, params: list[torch.Tensor], models: torch.Tensor) -> np.ndarray:
-        """Regions of several stacked models (see harness.core.stacked). One hidden layer on the CPU
-        goes through `grid_classes` where the caller gave one (the C kernel's,
+    def predict_regions_batched(self, params: list[torch.Tensor], models: torch.Tensor,
+                                activation_name: str = "relu") -> np.ndarray:
+        """Regions of several stacked models (see harness.core.stacked). One hidden layer of ReLU
+        and 3 classes on the CPU goes through `grid_classes` where the caller gave one (the C kernel's,
         harness/trainers/fused_cpu.py); otherwise the torch ops, GRID_CHUNK grid points x
         models at a time: the hidden activations of 20 models over the whole grid are 60 MB, a
         chunk's fit in a core's cache (3x faster on a CPU), and one model takes few, large chunks."""
         chosen = [p[models] for p in params]
-        if self.grid_classes and len(chosen) == 4 and chosen[2].shape[1] == 3 and self.grid_t.device.type == "cpu":
+        if (self.grid_classes and len(chosen) == 4 and chosen[2].shape[1] == 3 and activation_name == "relu"
+                and self.grid_t.device.type == "cpu"):
             classes = self.grid_classes(chosen, self.grid_t)
             if classes is not None:
                 return classes.numpy().reshape(len(models), *self.grid_shape)
         classes = torch.empty(len(models), self.grid_t.shape[1], dtype=torch.uint8, device=self.grid_t.device)
         chunk = max(1024, GRID_CHUNK // len(models))
         for start in range(0, self.grid_t.shape[1], chunk):
-            classes[:, start:start + chunk] = predicted_classes(forward(chosen, self.grid_t[:, start:start + chunk])[-1])
+            logits = forward(chosen, self.grid_t[:, start:start + chunk], activation_name)[-1]
+            classes[:, start:start + chunk] = predicted_classes(logits)
         return classes.cpu().numpy().reshape(len(models), *self.grid_shape)
 
-    def render_stacked(self, weights: list[list[torch.Tensor]], titles: list[str]) -> list[Image.Image]:
+    def render_stacked(self, weights: list[list[torch.Tensor]], titles: list[str],
+                       activation_name: str = "relu") -> list[Image.Image]:
         """One image per model, from each model's parameters as `forward` takes them (without
         the leading model dimension): the models are stacked into one batched forward."""
         if not weights:
             return []
         params = [torch.stack(layer) for layer in zip(*weights)]
-        regions = self.predict_regions_batched(params, torch.arange(len(weights), device=params[0].device))
+        regions = self.predict_regions_batched(params, torch.arange(len(weights), device=params[0].device), activation_name)
         return [self.compose(r, title) for r, title in zip(regions, titles)]
 
     def render(self, model: nn.Module, step: int, loss: float, accuracy: float) -> Image.Image:
@@ -212,7 +234,7 @@ def new_figure(regions: np.ndarray, plane: Plane, labels: np.ndarray, class_name
     extent = plane_extent(plane.points)
     fig = plt.figure(figsize=(size / DPI, size / DPI), dpi=DPI)
     ax = fig.add_axes(AXES)
-    ax.imshow(REGION_COLORS[regions], extent=extent, aspect="auto", interpolation="nearest")
+    ax.imshow(region_colors(len(class_names))[regions], extent=extent, aspect="auto", interpolation="nearest")
     draw_static_layer(ax, plane, labels, class_names, extent)
     ax.set_title(title)
     return fig

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from harness.study import storage as study_storage
 from harness.errors import ServiceError
 from harness.experiment import Workspace, draw, start_trained_run, train_together
+from harness.trainers.batched import batch_key
 from harness.trainers.registry import choose
 from harness.study.config import PRUNERS, Sweep, SweepConfig
 from harness.tracking.store_check import store_fault, store_folders
@@ -62,7 +63,7 @@ def run_trials(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace
                 return workspace
         groups: dict[tuple, list[int]] = {}
         for i, cfg in enumerate(cfgs):  # trials that cannot share a batch train in separate ones
-            groups.setdefault((str(cfg.hidden), cfg.trainer, *Workspace.data_key(cfg)), []).append(i)
+            groups.setdefault((*batch_key(cfg), *Workspace.data_key(cfg)), []).append(i)
         for indices in groups.values():
             workspace = Workspace.for_config(cfgs[indices[0]], reuse=workspace)
             batch, drawn = train_together([cfgs[i] for i in indices], workspace)
@@ -73,7 +74,7 @@ def run_trials(trials: list[optuna.Trial], job: Job, tracker: Tracker, workspace
                 run_ids, reports = [], ReportToTrial.for_job(trial, job, cfg)
                 try:
                     # drawn here, not during training: while the writer writes the trial before
-                    images, drawn[j] = draw(workspace, drawn[j]), []
+                    images, drawn[j] = draw(workspace, drawn[j], cfg.activation), []
                     logger, result = start_trained_run(
                         cfg, tracker, workspace.device, batch.result(j, cfg), images,
                         trial_run(job, trial, run_ids, trainer=batch.trainer), callbacks=reports)

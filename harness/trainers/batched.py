@@ -1,10 +1,12 @@
 """Many initializations trained as one computation, with a leading model dimension K.
 
 One wine model is so small that training it alone is all Python and kernel launches. Here K
-models (each with its own seed, init, learning rate, momentum and iteration count, sharing the
-architecture and the data) are stacked: every layer is one batched matmul over the K models,
-the loss is the sum of the K models' losses (so each model gets exactly its own gradient), and
-SGD is applied per model. Model k follows the curve that `train.train` gives for its config.
+models (each with its own seed, init, learning rate, optimizer settings and iteration count,
+sharing the architecture, the activation, the optimizer and the data) are stacked: every layer
+is one batched matmul over the K models, each model's gradient of its own loss is computed by
+hand (each activation's derivative is aten's own backward op, the one autograd calls), and the
+optimizer's rule is applied per model (stacked_optim.py). Model k follows the curve that
+`train.train` gives for its config.
 
 Nothing leaves the device until the end: a model that diverges or reaches its iteration count
 is masked out (its weights stop moving, its metrics stop counting), without a sync per step.
@@ -21,11 +23,12 @@ from torch.nn import functional as F
 
 from harness.core import model as model_lib
 from harness.core.config import TrainConfig
-from harness.core.data import WineData
+from harness.core.data import Data
 from harness.core.runtime import init_generator
-from harness.core.stacked import forward, predicted_classes
+from harness.core.stacked import activate, predicted_classes
 from harness.core.train import METRICS, TrainResult
 from harness.trainers.registry import SHARED, TORCH_FIELDS, choose
+from harness.trainers.stacked_optim import StackedOptimizer
 
 
 @dataclass
@@ -48,11 +51,11 @@ class BatchResult:
         return out.measure(cfg)
 
 
-def stacked_parameters(cfgs: list[TrainConfig], n_inputs: int, device: torch.device) -> list[torch.Tensor]:
+def stacked_parameters(cfgs: list[TrainConfig], n_inputs: int, n_classes: int, device: torch.device) -> list[torch.Tensor]:
     """[W1, b1, W2, b2, ...] with W: (K, out, in) and b: (K, out, 1), drawn exactly as
     `model.create` draws each model: its own generator, on the CPU, layer by layer, weight
     then bias. Drawn straight into the stacked tensors: 100,000 models in about 2 s."""
-    widths = [n_inputs, *cfgs[0].hidden, 3]
+    widths = [n_inputs, *cfgs[0].hidden, n_classes]
     shapes = list(zip(widths[1:], widths[:-1]))  # (out, in) of each layer
     params = []
     for fan_out, fan_in in shapes:
@@ -79,16 +82,36 @@ def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor):
     return loss, (predicted_classes(logits) == y).float().mean(dim=1), log_probs
 
 
-def fused_forward(trained: list[torch.Tensor], xt1: torch.Tensor) -> list[torch.Tensor]:
+AFTER_INPUT = ("gelu",)  # activations whose derivative needs the layer's output before them (the others: after)
+BACKWARD = {  # the gradient through each activation, from the layer's output after it (or before it: AFTER_INPUT)
+    "relu": lambda grad, kept: torch.ops.aten.threshold_backward(grad, kept, 0),
+    "tanh": lambda grad, kept: torch.ops.aten.tanh_backward(grad, kept),
+    "sigmoid": lambda grad, kept: torch.ops.aten.sigmoid_backward(grad, kept),
+    "leaky_relu": lambda grad, kept: torch.ops.aten.leaky_relu_backward(grad, kept, 0.01, True),  # nn.LeakyReLU's slope
+    "gelu": lambda grad, kept: torch.ops.aten.gelu_backward(grad, kept),
+}
+
+
+def fused_forward(trained: list[torch.Tensor], xt1: torch.Tensor, activation: str = "relu",
+                  kept: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """`forward` for training: the first layer's bias is a weight on a constant input of 1
     (`trained[0]` is [W1 | b1], `xt1` the inputs with a row of ones), which spares the widest
-    activations one pass to add the bias and one to sum its gradient."""
+    activations one pass to add the bias and one to sum its gradient. Into `kept`, what
+    `gradients` needs of each hidden layer: its output before the activation (AFTER_INPUT) or after."""
+    activations = []
     h = torch.matmul(trained[0], xt1)
-    first = h.relu_() if len(trained) > 1 else h
-    return [first, *forward(trained[1:], first)]
+    for i in range(1, len(trained), 2):
+        if kept is not None and activation in AFTER_INPUT:
+            kept.append(h.clone())
+        h = activate(h, activation)
+        if kept is not None and activation not in AFTER_INPUT:
+            kept.append(h)
+        activations.append(h)
+        h = torch.matmul(trained[i], h).add_(trained[i + 1])
+    return [*activations, h]
 
 
-def gradients(trained, xt1, activations, log_probs, onehot, active) -> list[torch.Tensor]:
+def gradients(trained, xt1, activations, kept, log_probs, onehot, active, activation: str = "relu") -> list[torch.Tensor]:
     """Backpropagation by hand: each model's gradient of its own mean cross-entropy (what
     autograd gives for the single model), zero for stopped models; laid out as `trained`."""
     n = xt1.shape[1]
@@ -98,9 +121,14 @@ def gradients(trained, xt1, activations, log_probs, onehot, active) -> list[torc
         below = activations[i // 2]
         grads[i] = torch.matmul(delta, below.transpose(-1, -2))
         grads[i + 1] = delta.sum(dim=2, keepdim=True)
-        delta = torch.ops.aten.threshold_backward(torch.matmul(trained[i].transpose(1, 2), delta), below, 0)
+        delta = BACKWARD[activation](torch.matmul(trained[i].transpose(1, 2), delta), kept[i // 2])
     grads[0] = torch.matmul(delta, xt1.transpose(-1, -2))
     return grads
+
+
+def batch_key(cfg: TrainConfig) -> tuple:
+    """Configs with the same key can train in one batch: what the declarations call SHARED."""
+    return tuple(str(getattr(cfg, key)) for key, rule in TORCH_FIELDS.items() if rule == SHARED)
 
 
 def check_compatible(cfgs: list[TrainConfig]) -> None:
@@ -119,7 +147,7 @@ def boundary_steps(cfgs: list[TrainConfig]) -> set[int]:
 
 
 @torch.no_grad()
-def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, on_boundary=None,
+def train_batch(cfgs: list[TrainConfig], data: Data, device: torch.device, on_boundary=None,
                 trainer: str | None = None) -> BatchResult:
     """Train len(cfgs) models at once; model k follows `train.train(cfgs[k], ...)`.
 
@@ -131,9 +159,12 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
     check_compatible(cfgs)
     chosen = choose(cfgs, device, drawing=on_boundary is not None, name=trainer).name
     k = len(cfgs)
-    params = stacked_parameters(cfgs, data.n_features, device)
+    params = stacked_parameters(cfgs, data.n_features, data.n_classes, device)
     trained = [torch.cat(params[:2], dim=2), *params[2:]]  # [W1 | b1], W2, b2, ...
     params = [trained[0][..., :-1], trained[0][..., -1:], *params[2:]]  # views, as forward() takes them
+    activation = cfgs[0].activation
+    plain_sgd = all(c.optimizer == "sgd" and not c.nesterov and not c.weight_decay for c in cfgs)  # the lecture's step
+    optimizer = None if plain_sgd else StackedOptimizer(cfgs, trained, device)
     buffers = [torch.zeros_like(p) for p in trained]
     lr = torch.tensor([c.lr for c in cfgs], dtype=torch.float32, device=device)
     momentum = torch.tensor([c.momentum for c in cfgs], dtype=torch.float32, device=device)
@@ -151,7 +182,7 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
         return torch.cat([x.T, torch.ones(1, x.shape[0], device=device)]).contiguous()
 
     xt1, xt1_val = with_ones(data.x_train), with_ones(data.x_val)
-    onehot = F.one_hot(data.y_train, 3).float().T.contiguous()
+    onehot = F.one_hot(data.y_train, data.n_classes).float().T.contiguous()
 
     one_kernel = one_call = None
     if chosen == "triton":  # a step is one Triton kernel (harness/trainers/fused_triton.py)
@@ -179,9 +210,10 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
             continue
 
         # forward and loss of every model on its current weights: step k's training metrics
-        activations = fused_forward(trained, xt1)
+        kept = []
+        activations = fused_forward(trained, xt1, activation, kept)
         train_loss, train_accuracy, log_probs = loss_and_accuracy(activations[-1], data.y_train)
-        val_loss, val_accuracy, _ = loss_and_accuracy(fused_forward(trained, xt1_val)[-1], data.y_val)
+        val_loss, val_accuracy, _ = loss_and_accuracy(fused_forward(trained, xt1_val, activation)[-1], data.y_val)
         history[:, step] = torch.stack([train_loss, train_accuracy, val_loss, val_accuracy])
 
         # models still running measured this step; a non-finite loss ends a model here
@@ -200,10 +232,13 @@ def train_batch(cfgs: list[TrainConfig], data: WineData, device: torch.device, o
             break
 
         # backward: each model's own gradient
-        grads = gradients(trained, xt1, activations, log_probs, onehot, active)
+        grads = gradients(trained, xt1, activations, kept, log_probs, onehot, active, activation)
 
-        # SGD per model, as torch.optim.SGD does it; stopped models do not move
-        for p, g, buf in zip(trained, grads, buffers):
+        # the optimizer's step per model; stopped models do not move
+        if optimizer is not None:
+            optimizer.step(grads, active)
+            continue
+        for p, g, buf in zip(trained, grads, buffers):  # SGD, as torch.optim.SGD does it
             buf.mul_(momentum.view(k, 1, 1)).add_(g)
             p.sub_(torch.where(active.view(k, 1, 1), lr.view(k, 1, 1) * buf, 0.0))
 

@@ -8,6 +8,7 @@ does with it:
 - FOLLOWED: any valid value, followed model by model exactly as the loop follows it;
 - SHARED: any valid value, but models trained together must share it;
 - OUTSIDE: not read by a training step (where to log, what to measure, how to draw);
+- UNREAD: any value, not read by the only optimizer it trains (Adam's betas under SGD);
 - `Only(...)`: only the values it names; a config with another value is not covered.
 
 `tests/test_trainers.py` fails when a field of `TrainConfig` is not declared for every trainer,
@@ -21,9 +22,9 @@ from typing import Callable
 
 import torch
 
-from harness.core.config import TRAINER_NAMES, ConfigError, TrainConfig
+from harness.core.config import TRAINER_NAMES, ConfigError, TrainConfig, dataset_facts
 
-FOLLOWED, SHARED, OUTSIDE = "followed", "shared", "outside"
+FOLLOWED, SHARED, OUTSIDE, UNREAD = "followed", "shared", "outside", "unread"
 
 
 @dataclass(frozen=True)
@@ -60,18 +61,36 @@ class Trainer:
         return None
 
 
-def declare(followed: tuple[str, ...], shared: tuple[str, ...], outside: tuple[str, ...], **only: Only) -> dict:
+def declare(followed: tuple[str, ...], shared: tuple[str, ...], outside: tuple[str, ...], unread: tuple[str, ...] = (),
+            **only: Only) -> dict:
     """A trainer's declaration from its own lists: a field in none of them is undeclared, and
     tests/test_trainers.py fails until each trainer says what it does with it."""
-    return {**{k: FOLLOWED for k in followed}, **{k: SHARED for k in shared}, **{k: OUTSIDE for k in outside}, **only}
+    return {**{k: FOLLOWED for k in followed}, **{k: SHARED for k in shared}, **{k: OUTSIDE for k in outside},
+            **{k: UNREAD for k in unread}, **only}
 
 
 NOT_TRAINING = ("experiment", "run_name", "target_accuracy", "hold_steps", "plot_every", "image_size")  # logging, measuring, drawing
+DATA = ("dataset", "features", "label", "n_samples", "noise", "data_seed", "split_seed", "val_fraction")
+INIT = ("init", "init_std", "init_value", "init_low", "init_high", "seed")
+NOT_SGD = ("beta1", "beta2", "alpha", "eps")  # read by Adam, AdamW and RMSprop only
 
-# The loop (core/train.py) and the batched torch ops (batched.py, checked against it): all of it, on any device.
-TORCH_FIELDS = declare(followed=("init", "init_std", "init_value", "init_low", "init_high", "seed", "lr", "momentum", "iterations"),
-                       shared=("device", "features", "split_seed", "val_fraction", "hidden", "trainer"),
+# The loop (core/train.py) and the batched torch ops (batched.py, stacked_optim.py, checked against it): all of it, on any device.
+TORCH_FIELDS = declare(followed=(*INIT, "lr", "momentum", "nesterov", "weight_decay", *NOT_SGD, "iterations"),
+                       shared=("device", *DATA, "hidden", "activation", "optimizer", "trainer"),
                        outside=NOT_TRAINING)
+
+
+def kernel_fields(**only: Only) -> dict:
+    """What the compiled kernels train: the lecture's step (SGD with momentum, ReLU, 3 classes)
+    for every init, seed, learning rate, momentum and iteration count."""
+    return declare(followed=(*INIT, "lr", "momentum", "iterations"),
+                   shared=(*(k for k in DATA if k != "dataset"), "trainer"), outside=NOT_TRAINING, unread=NOT_SGD,
+                   optimizer=Only(lambda cfg, device: cfg.optimizer == "sgd", "optimizer sgd only"),
+                   nesterov=Only(lambda cfg, device: not (cfg.nesterov and cfg.momentum), "plain momentum only"),
+                   weight_decay=Only(lambda cfg, device: cfg.weight_decay == 0, "no weight_decay"),
+                   activation=Only(lambda cfg, device: cfg.activation == "relu", "relu only"),
+                   dataset=Only(lambda cfg, device: dataset_facts(cfg).classes == 3, "datasets of 3 classes"),
+                   **only)
 
 
 def one_hidden_layer(cfg: TrainConfig, device: torch.device) -> bool:
@@ -93,8 +112,7 @@ def triton_fits(cfg: TrainConfig, device: torch.device) -> bool:
 
 
 def n_features(cfg: TrainConfig) -> int:
-    from harness.core.config import WINE_FEATURES
-    return len(WINE_FEATURES) if cfg.features == "all" else len(cfg.features)
+    return len(dataset_facts(cfg).feature_names) if cfg.features == "all" else len(cfg.features)
 
 
 def triton_missing() -> str | None:
@@ -105,16 +123,11 @@ def triton_missing() -> str | None:
 TRAINERS = {  # in the order `auto` tries them: the fastest first
     # fused_triton.py: the weights drawn in Python as the loop draws them (every init), per-model
     # lr, momentum and iteration count in the kernel's arguments; one layer, in registers
-    "triton": Trainer("triton", declare(followed=("init", "init_std", "init_value", "init_low", "init_high", "seed", "lr", "momentum", "iterations"),
-                                        shared=("features", "split_seed", "val_fraction", "trainer"),
-                                        outside=NOT_TRAINING, device=on("cuda"),
-                                        hidden=Only(triton_fits, "one hidden layer that fits the kernel's registers")),
+    "triton": Trainer("triton", kernel_fields(device=on("cuda"),
+                                              hidden=Only(triton_fits, "one hidden layer that fits the kernel's registers")),
                       draws=False, missing=triton_missing),
     # fused_cpu.c: the same, per model, for one hidden layer of any width
-    "fused_cpu": Trainer("fused_cpu", declare(followed=("init", "init_std", "init_value", "init_low", "init_high", "seed", "lr", "momentum", "iterations"),
-                                              shared=("features", "split_seed", "val_fraction", "trainer"),
-                                              outside=NOT_TRAINING, device=on("cpu"),
-                                              hidden=Only(one_hidden_layer, "one hidden layer")),
+    "fused_cpu": Trainer("fused_cpu", kernel_fields(device=on("cpu"), hidden=Only(one_hidden_layer, "one hidden layer")),
                          draws=True, missing=c_kernel_missing),
     "torch": Trainer("torch", TORCH_FIELDS, draws=True),
 }
