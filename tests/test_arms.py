@@ -148,6 +148,14 @@ def test_a_bad_arm_is_one_line_naming_it(tmp_path, arm, message):
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
 
 
+def test_an_arm_no_trainer_covers_stops_before_anything_trains_or_is_logged(tmp_path, tracker):
+    text = ('experiment = "arms-refused"\ndevice = "cpu"\n[seeds]\ncount = 2\n[[seeds.arm]]\nlabel = "a"\n'
+            '[[seeds.arm]]\nlabel = "deep"\nhidden = [8, 8]\ntrainer = "fused_cpu"\n')
+    with pytest.raises(ConfigError, match=r"^seeds\.arm\[2\]\.trainer: fused_cpu does not train this config"):
+        arms_run.run_arms(arms.load(write(tmp_path, text)), tracker, out=tmp_path / "report")
+    assert tracker.find_experiment_id("arms-refused") is None and not (tmp_path / "report").exists()
+
+
 @pytest.mark.parametrize("text, message", [
     ("[seeds]\ncount = 3\narms = 2\n", "seeds.arms: unknown key; allowed: count, first, arm"),
     ("[seeds]\ncount = 0\n[[seeds.arm]]\nlabel = 'a'\n", "seeds.count: must be an integer >= 1, got 0"),
@@ -210,3 +218,17 @@ def test_init_std_arms_stand_on_a_log_axis_of_init_std():
     _, labels, xlabel, _ = arms_report.x_axis([result(0.1), arms.ArmResult(
         arms.Arm("zeros", config.build({"init": "zeros"}), [0.7]), [], None, 0.0, 0, None, True)])
     assert labels == ["std 0.1", "zeros"] and xlabel == ""  # two keys differ: one slot per arm
+
+
+@pytest.mark.parametrize("name", ["zeros", "init_scale", "optimizers"])
+def test_the_experiment_files_load_and_every_arm_has_a_trainer(name):
+    from harness.core.runtime import resolve_device
+    from harness.trainers.registry import choose
+
+    path = ROOT / "experiments" / f"{name}.toml"
+    values = config.read_toml(path)
+    assert arms.has_arms(values)
+    scan = arms.load(path)
+    assert len(scan.arms) >= 2 and path.read_text().startswith("#")  # the question it asks, first
+    for arm in scan.arms:
+        choose([replace(arm.base, lr=lr) for lr in arm.lrs], resolve_device(arm.base.device), drawing=False)

@@ -151,8 +151,8 @@ def curves_figure(results: list[ArmResult]) -> Figure:
 
 def boundaries_figure(results: list[ArmResult]) -> Figure:
     """Each arm's median seed at its last step: the decision boundary and the training points."""
-    cols = min(len(results), 4)
-    rows = math.ceil(len(results) / cols)
+    rows = math.ceil(len(results) / 4)  # at most 4 tiles a row, the rows as even as they go
+    cols = math.ceil(len(results) / rows)
     fig = Figure(figsize=(3.2 * cols, 3.6 * rows), dpi=100, layout="constrained")
     for i, r in enumerate(results):
         ax = fig.add_subplot(rows, cols, i + 1)
