@@ -93,7 +93,9 @@ def missing_device() -> str:
 
 def test_cli_config_error_is_one_line_exit_2_and_logs_nothing(cli_env, tmp_path):
     env = {**cli_env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/untouched.db"}
-    for bad in (["--set", "lr=-1"], ["--set", "init=ones"], ["--set", "colour=red"], ["--set", f"device={missing_device()}"]):
+    for bad in (["--set", "lr=-1"], ["--set", "init=ones"], ["--set", "colour=red"], ["--set", f"device={missing_device()}"],
+                ["--set", "dataset=mnist"], ["--set", "optimizer=lbfgs", "--set", "activation=relu"],
+                ["--set", "dataset=csv:missing.csv", "--set", "label=y"]):
         proc = run_cli("train", *bad, env=env)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
