@@ -232,3 +232,13 @@ def test_the_experiment_files_load_and_every_arm_has_a_trainer(name):
     assert len(scan.arms) >= 2 and path.read_text().startswith("#")  # the question it asks, first
     for arm in scan.arms:
         choose([replace(arm.base, lr=lr) for lr in arm.lrs], resolve_device(arm.base.device), drawing=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["zeros", "init_scale", "optimizers"])
+def test_the_tables_in_docs_questions_reproduce(tmp_path, name):
+    text = (ROOT / "docs" / "questions.md").read_text()
+    command = f"$ make seeds SEEDS_CONFIG=experiments/{name}.toml\n"
+    documented = text[text.index(command) + len(command):].split("```")[0].rstrip("\n")
+    outcome = arms_run.run_arms(arms.load(ROOT / "experiments" / f"{name}.toml"), None, out=tmp_path)
+    assert arms_report.format_table(outcome.table) == documented

@@ -40,6 +40,7 @@ def table(results: list[ArmResult]) -> list[dict]:
                      **{f"iterations_to_target_held_{k}": s.get(f"iterations_to_target_held_{k}")
                         for k in ("min", "p10", "median", "p90", "max")},
                      "final_train_accuracy_median": s.get("final_train_accuracy_median"),
+                     "final_val_accuracy_median": s.get("final_val_accuracy_median"),
                      "median_seed": r.median_seed, "run_id": r.run_id, "trainer": r.chosen.batch.trainer})
     return rows
 
@@ -49,14 +50,24 @@ def lr_rows(result: ArmResult) -> list[dict]:
     return [{"arm": result.arm.label, "lr": o.lr, "chosen": o is result.chosen, "reached": o.summary["reached"],
              "held": o.summary["held"], "diverged": o.summary["diverged"],
              **{f"iterations_to_target_held_{k}": o.summary.get(f"iterations_to_target_held_{k}") for k in ("p10", "median", "p90")},
-             "final_train_accuracy_median": o.summary.get("final_train_accuracy_median")} for o in result.by_lr]
+             "final_train_accuracy_median": o.summary.get("final_train_accuracy_median"),
+             "final_val_accuracy_median": o.summary.get("final_val_accuracy_median")} for o in result.by_lr]
 
 
 def cell(value, digits: int = 0) -> str:
+    """`digits` decimals: 0 for a step (a percentile between two steps is rounded); "-" for none."""
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-TABLE_HEADER = ["arm", "lr", "reached", "held", "held: median", "p10-p90", "final train acc (median)"]
+def median_cell(value) -> str:
+    """A median of steps: a whole step, or halfway between two (an even count), as it is."""
+    return cell(value, 0 if value is None or float(value).is_integer() else 1)
+
+
+TABLE_HEADER = ["arm", "lr", "reached", "held", "held: median", "p10-p90", "train acc", "val acc"]
+TABLE_NOTE = ("reached, held: the seeds that reached the target, and that held it; held: median, p10-p90: "
+              "iterations_to_target_held across the seeds that held it; train acc, val acc: the final accuracy, "
+              "median across the seeds")
 
 
 def table_cells(rows: list[dict]) -> list[list[str]]:
@@ -65,9 +76,10 @@ def table_cells(rows: list[dict]) -> list[list[str]]:
         n = row["seeds"]
         lrs = len(row["lrs"].split())
         out.append([row["arm"], f"{row['lr']:g}" + (f" (best of {lrs})" if lrs > 1 else ""),
-                    f"{row['reached']}/{n}", f"{row['held']}/{n}", cell(row["iterations_to_target_held_median"]),
+                    f"{row['reached']}/{n}", f"{row['held']}/{n}", median_cell(row["iterations_to_target_held_median"]),
                     f"{cell(row['iterations_to_target_held_p10'])}-{cell(row['iterations_to_target_held_p90'])}"
-                    if row["held"] else "-", cell(row["final_train_accuracy_median"], 3)])
+                    if row["held"] else "-", cell(row["final_train_accuracy_median"], 3),
+                    cell(row["final_val_accuracy_median"], 3)])
     return out
 
 
@@ -185,7 +197,7 @@ def blocks(scan: ArmScan, results: list[ArmResult], run_id: str | None) -> list[
               + (f"; MLflow parent run `{run_id}`, a child run per arm." if run_id else "; not tracked."))
     out = [("h", 1, f"Arms of {scan.base.experiment}"), ("p", source),
            ("p", f"The target: {common_target(results)}. An arm with several learning rates is shown at its best: {BEST_LR}."),
-           ("table", TABLE_HEADER, table_cells(rows)),
+           ("table", TABLE_HEADER, table_cells(rows)), ("p", TABLE_NOTE[0].upper() + TABLE_NOTE[1:] + "."),
            ("img", "spread.png", "iterations_to_target_held per arm"),
            ("img", "curves.png", "median train accuracy per arm"),
            ("h", 2, "Decision boundaries"),
@@ -197,17 +209,17 @@ def blocks(scan: ArmScan, results: list[ArmResult], run_id: str | None) -> list[
                 "curve in the scan (another trainer drew it): its tile is the network trained alone."))
     if any(len(r.arm.lrs) > 1 for r in results):
         lr_table = [[row["arm"], f"{row['lr']:g}" + (" (chosen)" if row["chosen"] else ""), str(row["reached"]),
-                     str(row["held"]), cell(row["iterations_to_target_held_median"]),
-                     cell(row["final_train_accuracy_median"], 3)]
+                     str(row["held"]), median_cell(row["iterations_to_target_held_median"]),
+                     cell(row["final_train_accuracy_median"], 3), cell(row["final_val_accuracy_median"], 3)]
                     for r in results for row in lr_rows(r)]
         out += [("h", 2, "Every learning rate"),
-                ("table", ["arm", "lr", "reached", "held", "held: median", "final train acc (median)"], lr_table)]
+                ("table", ["arm", "lr", "reached", "held", "held: median", "train acc", "val acc"], lr_table)]
     return out
 
 
 def description(scan: ArmScan, results: list[ArmResult], run_id: str) -> str:
     """The parent run's description: the table, and where the report is."""
-    return markdown(blocks(scan, results, run_id)[:4]) + "\n**Artifacts**: `report/` (report.md, report.html, the figures, arms.csv, lrs.csv)."
+    return markdown(blocks(scan, results, run_id)[:5]) + "\n**Artifacts**: `report/` (report.md, report.html, the figures, arms.csv, lrs.csv)."
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
