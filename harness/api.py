@@ -71,9 +71,9 @@ def train(config=None, *, tracking: bool = True, boundaries: bool = True, progre
     from harness.trainers.registry import choose
 
     workspace = Workspace.for_config(cfg)  # device and data errors surface before any run exists
-    choose([cfg], workspace.device, drawing=True)  # and a named trainer that does not train it
+    chosen = choose([cfg], workspace.device, drawing=True)  # and a named trainer that does not train it
     store = tracker() if tracking else None
-    trainer = "torch" if cfg.trainer == "auto" else choose([cfg], workspace.device, drawing=True).name
+    trainer = "torch" if cfg.trainer == "auto" else chosen.name  # auto: the loop, as make train
     with bar(cfg.iterations + 1, f"training lr {cfg.lr:g} seed {cfg.seed}", "step", shown=progress) as steps:
         callbacks = StepBar(steps)
         if boundaries:

@@ -57,8 +57,8 @@ def sweep_in_memory(sweep: Sweep, trials: int, study_name: str) -> SweepResult:
         raise ConfigError(f"trials: must be >= 0, got {trials}")
     settings = sweep.settings
     device = resolve_device(sweep.base.device)
-    for cfg in sweep.corners():  # a named trainer that does not train every trial the space can make
-        choose([cfg], device, drawing=False)
+    for cfg in sweep.corners():  # a named trainer that does not train every trial: refused as make sweep refuses it
+        choose([cfg], device, drawing=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as make sweep: no line per trial
     study = optuna.create_study(study_name=study_name, directions=settings.directions,
                                 sampler=make_sampler(settings, settings.sampler_seed),

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT
+from conftest import PARITY, ROOT
 from harness import api, compare, seed_scan, sweep, train
 from harness.core import config
 from harness.core.config import ConfigError
@@ -123,6 +123,17 @@ def test_a_seed_scan_table_has_a_row_per_seed_measured_as_the_loop_measures_it()
             cell, expected = table[name].iloc[k], getattr(alone, name)
             assert pd.isna(cell) if expected is None else cell == expected
         np.testing.assert_allclose(scan.history["val_loss"][:, k], alone.history["val_loss"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_named_kernel_trains_without_tracking_as_the_loop_does():
+    try:
+        kernel = train(TINY, trainer="fused_cpu", tracking=False)
+    except ConfigError as e:  # no C compiler on this machine
+        pytest.skip(f"the CPU kernel cannot run here: {e}")
+    loop = train(TINY, tracking=False)
+    assert kernel.trainer == "fused_cpu" and kernel.boundaries == {} and loop.trainer == "torch"
+    for name in loop.history:
+        np.testing.assert_allclose(kernel.history[name], loop.history[name], **PARITY)
 
 
 def test_the_same_config_gives_the_same_numbers():
