@@ -69,8 +69,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_seeds(args: argparse.Namespace) -> int:
-    from harness.analysis import seed_scan
+    from harness.analysis import arms, seed_scan
+    from harness.core import config
 
+    if args.experiment and arms.has_arms(config.read_toml(args.experiment)):
+        return seed_arms(args)
     scan = seed_scan.load(args.experiment, args.set, count=args.count)  # bad input fails before the heavy work
     from harness import api
     from harness.core.config import target_text
@@ -87,6 +90,28 @@ def cmd_seeds(args: argparse.Namespace) -> int:
         print(f"  {what}: {numbers}{summary[count]} of {scan.count} seeds")
     print(f"{summary['diverged']} of {scan.count} seeds diverged")
     print(f"the run: {result.link}")
+    return 0
+
+
+def seed_arms(args: argparse.Namespace) -> int:
+    """`make seeds` on a file with [[seeds.arm]] tables: each arm a seed scan, side by side
+    (harness/analysis/arms.py)."""
+    from harness.analysis import arms
+
+    scan = arms.load(args.experiment, args.set, count=args.count)  # every bad key before anything runs
+    from harness.analysis import arms_report, arms_run
+    from harness.progress import Status
+    from harness.tracking.store_check import check_writable
+    from harness.tracking.tracker import Tracker, tracking_uri
+
+    check_writable(tracking_uri())
+    tracker = Tracker()
+    with Status(f"training {len(scan.arms)} arms of {scan.count} seeds") as status:
+        outcome = arms_run.run_arms(scan, tracker, status)  # each arm's trainer is checked before the first trains
+    print(f"run {outcome.run_id} in experiment '{scan.base.experiment}': {len(scan.arms)} arms of {scan.count} seeds")
+    print(arms_report.format_table(outcome.table))
+    print(f"report: {outcome.folder / 'report.md'}")
+    print(f"the run: {tracker.run_link(outcome.run_id)}")
     return 0
 
 

@@ -242,3 +242,20 @@ def test_the_tables_in_docs_questions_reproduce(tmp_path, name):
     documented = text[text.index(command) + len(command):].split("```")[0].rstrip("\n")
     outcome = arms_run.run_arms(arms.load(ROOT / "experiments" / f"{name}.toml"), None, out=tmp_path)
     assert arms_report.format_table(outcome.table) == documented
+
+
+def test_make_seeds_on_an_arms_file_prints_the_table_and_logs_the_runs(tmp_path, cli_env):
+    from conftest import run_cli
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_cli("seeds", str(write(tmp_path, TWO_ARMS)), env={**cli_env, "MLFLOW_TRACKING_URI": uri})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("run ") and lines[0].endswith("in experiment 'arms-test': 2 arms of 3 seeds")
+    assert [line.split()[0] for line in lines[2:4]] == ["sgd", "zeros"] and lines[-1].startswith("the run: http")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("arms-test").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3  # the parent and an arm each
+    refused = run_cli("compare", str(write(tmp_path, TWO_ARMS)), env={**cli_env, "MLFLOW_TRACKING_URI": uri})
+    assert refused.returncode == 2 and refused.stderr.strip().startswith("error: experiment file: ")
+    assert "make seeds" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
