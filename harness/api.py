@@ -204,6 +204,9 @@ def compare(config=None, *, study: str | None = None, run: str | None = None, ou
     values = keys_of(config) if config is not None else {"sweep": {}}
     if run and study:
         raise ConfigError("--study, --run: give one, a study or a seed scan's run")
+    if not run and isinstance(values.get("seeds"), dict) and "arm" in values["seeds"]:
+        raise ConfigError(f"experiment file: {config} has [[seeds.arm]] tables: make seeds SEEDS_CONFIG={config} trains "
+                          "and compares its arms; make compare RUN=<an arm's run id> reports on one")
     if not run and not ({"sweep", "seeds"} & set(values)):
         where = f"experiment file: {config}" if isinstance(config, (str, Path)) else "config:"
         raise ConfigError(f"{where} has neither a [sweep] table (a study) nor a [seeds] table (a seed scan) to compare")
