@@ -29,7 +29,7 @@ DPI = 100
 GRID_STRIDE = 2  # pixels per grid point along each axis: a quarter of the forward work
 GRID_CHUNK = 8192  # grid points x models per batched forward (see predict_regions_batched)
 TITLE_GREYS = 16  # palette entries kept for the antialiased title
-AXES = (0.15, 0.2, 0.81, 0.72)  # left, bottom, width, height in the image: the title above, the legend below
+AXES = (0.17, 0.2, 0.79, 0.72)  # left, bottom, width, height in the image: the title above, the legend below
 
 
 def region_colors(classes: int) -> np.ndarray:
