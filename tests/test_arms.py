@@ -244,6 +244,7 @@ def test_the_tables_in_docs_questions_reproduce(tmp_path, name):
     assert arms_report.format_table(outcome.table) == documented
 
 
+@pytest.mark.slow  # an end-to-end command: CI runs it in make test-slow, keeping make test under 4 minutes
 def test_make_seeds_on_an_arms_file_prints_the_table_and_logs_the_runs(tmp_path, cli_env):
     from conftest import run_cli
 

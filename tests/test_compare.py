@@ -115,6 +115,7 @@ def test_bootstrap_interval_is_seeded_and_collapses_on_equal_values():
     assert compare.lr_band(0.05, 2) == pytest.approx((10 ** -1.5, 0.1))
 
 
+@pytest.mark.slow  # an end-to-end command: CI runs it in make test-slow, keeping make test under 4 minutes
 def test_compare_writes_and_logs_the_report_and_a_gif_per_trial(known_study, tracker, cli_env, tmp_path):
     name, storage, parent = known_study
     out = tmp_path / "report"

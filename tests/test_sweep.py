@@ -106,6 +106,7 @@ def test_sweep_logs_one_parent_and_a_child_run_per_trial(tmp_path, stores):
         assert sorted(trial.intermediate_values) == [10, 20, 30]
 
 
+@pytest.mark.slow  # an end-to-end command: CI runs it in make test-slow, keeping make test under 4 minutes
 def test_continuing_adds_trials_under_the_same_parent(tmp_path, stores):
     sweep = study_config.load(write(tmp_path, TINY))
     first = run_sweep(sweep, trials=2, progress=False)
@@ -498,6 +499,7 @@ def test_ctrl_c_while_a_batch_is_written_keeps_the_trial_handed_over(tmp_path, s
     assert len(client.get_metric_history(runs[0].info.run_id, "train_loss")) == 31
 
 
+@pytest.mark.slow  # an end-to-end command: CI runs it in make test-slow, keeping make test under 4 minutes
 def test_a_pruner_decides_in_the_kernel_as_in_the_loop(tmp_path, monkeypatch):
     """The median pruner compares a trial with the trials before it: those must be told before
     it is replayed, as the loop tells them before it trains."""

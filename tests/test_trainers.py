@@ -84,6 +84,7 @@ def test_the_cli_refuses_a_trainer_that_does_not_cover_the_config_before_anythin
     assert list(tmp_path.iterdir()) == []  # no store was made
 
 
+@pytest.mark.slow  # an end-to-end command: CI runs it in make test-slow, keeping make test under 4 minutes
 @needs_compiler
 @pytest.mark.parametrize("trainer", ["auto", "fused_cpu"])
 def test_a_run_records_the_trainer_that_ran(tmp_path, trainer):
