@@ -93,12 +93,15 @@ def train(config=None, *, tracking: bool = True, boundaries: bool = True, progre
 def scan_of(config, count: int | None = None, first: int | None = None, overrides: dict | None = None):
     """The SeedScan of `config` (a file or dict with an optional [seeds] table, a TrainConfig, a
     SeedScan), `count`, `first` and `overrides`, checked as `python -m harness seeds` checks it."""
-    from harness.analysis import seed_scan as scans
+    from harness.analysis import arms, seed_scan as scans
 
     if isinstance(config, scans.SeedScan):
         values, table = keys_of(config.base), {"count": config.count, "first": config.first}
     else:
         values = keys_of(config)
+        if arms.has_arms(values):
+            raise ConfigError(f"experiment file: {config} has [[seeds.arm]] tables: make seeds SEEDS_CONFIG={config} "
+                              "trains and compares its arms (harness.analysis.arms_run.run_arms)")
         table = values.pop("seeds", {})
         values.pop("sweep", None)  # a sweep file can be scanned too; its search space is ignored
     return scans.make({**values, **(overrides or {})}, table, count, first)
@@ -198,13 +201,14 @@ def compare(config=None, *, study: str | None = None, run: str | None = None, ou
     (else the file's sweep.study), or for the seed scan `run` (else the latest scan of a seeds
     file's experiment); written to `out` (else mlruns/reports/<name>/) and logged to the
     study's parent run or the scan's run. `progress`: a status line, on a terminal only."""
+    from harness.analysis import arms
     from harness.analysis.compare_config import CompareOptions
 
     options = CompareOptions(step=step, bands_per_decade=bands_per_decade, min_trials=min_trials).check()
     values = keys_of(config) if config is not None else {"sweep": {}}
     if run and study:
         raise ConfigError("--study, --run: give one, a study or a seed scan's run")
-    if not run and isinstance(values.get("seeds"), dict) and "arm" in values["seeds"]:
+    if not run and arms.has_arms(values):
         raise ConfigError(f"experiment file: {config} has [[seeds.arm]] tables: make seeds SEEDS_CONFIG={config} trains "
                           "and compares its arms; make compare RUN=<an arm's run id> reports on one")
     if not run and not ({"sweep", "seeds"} & set(values)):

@@ -55,11 +55,19 @@ def sweep_in_memory(sweep: Sweep, trials: int, study_name: str) -> SweepResult:
     and its error raised."""
     if trials < 0:
         raise ConfigError(f"trials: must be >= 0, got {trials}")
-    settings = sweep.settings
     device = resolve_device(sweep.base.device)
     for cfg in sweep.corners():  # a named trainer that does not train every trial: refused as make sweep refuses it
         choose([cfg], device, drawing=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # as make sweep: no line per trial
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # as make sweep: no line per trial; the caller's, after
+    try:
+        return in_memory_trials(sweep, trials, study_name)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def in_memory_trials(sweep: Sweep, trials: int, study_name: str) -> SweepResult:
+    settings = sweep.settings
     study = optuna.create_study(study_name=study_name, directions=settings.directions,
                                 sampler=make_sampler(settings, settings.sampler_seed),
                                 pruner=make_pruner(settings.pruner))

@@ -14,7 +14,7 @@ from harness.core.train import CONVERGENCE, Callbacks, TrainResult, record_step,
 from harness.render.boundary import BoundaryRenderer, renderer_for, title_text
 from harness.tracking.tracker import RunLogger, Tracker
 from harness.trainers.batched import BatchResult, train_batch
-from harness.trainers.registry import choose
+from harness.trainers.registry import DATA, choose
 
 
 class LoggingCallbacks(Callbacks):
@@ -45,8 +45,7 @@ class Workspace:
 
     @staticmethod
     def data_key(cfg: TrainConfig) -> tuple:
-        return (cfg.dataset, cfg.label, cfg.n_samples, cfg.noise, cfg.data_seed, str(cfg.features), cfg.split_seed,
-                cfg.val_fraction, cfg.image_size, cfg.device, cfg.trainer == "torch")
+        return (*(str(getattr(cfg, key)) for key in DATA), cfg.image_size, cfg.device, cfg.trainer == "torch")
 
     @classmethod
     def for_config(cls, cfg: TrainConfig, reuse: "Workspace | None" = None) -> "Workspace":

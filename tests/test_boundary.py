@@ -133,3 +133,29 @@ def test_a_model_laid_out_otherwise_is_drawn_by_its_own_forward(cpu):
     two_linears = nn.Sequential(nn.Linear(2, 8), nn.Linear(8, 3))  # no ReLU between them
     expected = two_linears(renderer.grid).argmax(dim=1).to(torch.uint8).numpy().reshape(renderer.grid_shape)
     assert np.array_equal(renderer.predict_regions(two_linears), expected)
+
+
+def test_more_classes_than_colours_are_drawn_in_colours_taken_again(tmp_path, cpu):
+    """Class c is drawn in colour c mod 9: a CSV with 12 classes draws, each class somewhere."""
+    from harness.render.boundary import region_colors
+
+    rng = np.random.default_rng(0)
+    rows = [f"{x:.4f},{y:.4f},k{int((np.arctan2(y, x) + np.pi) / (2 * np.pi) * 12) % 12}"
+            for x, y in rng.uniform(-2, 2, size=(600, 2))]  # 12 wedges round the origin
+    path = tmp_path / "wedges.csv"
+    path.write_text("x,y,wedge\n" + "\n".join(rows) + "\n")
+    cfg = config.build({"dataset": f"csv:{path}", "label": "wedge"})
+    data = data_lib.load(cfg, cpu)
+    assert data.n_classes == 12
+    renderer = renderer_for(data, 256, cpu)
+    model = nn.Sequential(nn.Linear(2, 12))  # logit c = (cos, sin) of wedge c's angle . input: 12 wedges
+    with torch.no_grad():
+        angles = torch.arange(12) * (2 * np.pi / 12)
+        model[0].weight.copy_(torch.stack([torch.cos(angles), torch.sin(angles)], dim=1))
+        model[0].bias.zero_()
+    regions = renderer.predict_regions(model)
+    image = np.asarray(renderer.compose(regions, "twelve").convert("RGB"))
+    inside = image[renderer.rows[0]:renderer.rows[1], renderer.cols[0]:renderer.cols[1]].reshape(-1, 3)
+    shown = {tuple(c) for c in region_colors(12)[np.unique(regions)].tolist()}
+    assert len(np.unique(regions)) > 9  # more classes show than there are colours
+    assert all((inside == colour).all(axis=1).any() for colour in shown)

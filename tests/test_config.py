@@ -63,7 +63,7 @@ def test_int_is_accepted_where_a_float_is_expected():
     ({"weight_decay": -0.1}, "weight_decay", "finite number >= 0"),
     ({"beta1": 1.0}, "beta1", "[0, 1)"),
     ({"beta2": -0.5}, "beta2", "[0, 1)"),
-    ({"alpha": 1.5}, "alpha", "[0, 1)"),
+    ({"alpha": 1.5}, "alpha", "[0, 1]"),
     ({"eps": 0}, "eps", "finite number > 0"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(values, key, allowed):
@@ -145,6 +145,9 @@ def test_a_csv_dataset_takes_its_numeric_columns_and_its_label(tmp_path, cpu):
     path.write_text(CSV_TEXT + "2.0,,red,a\n")
     with pytest.raises(ConfigError, match=r"^dataset: .* has 1 rows with a missing value"):
         config.build({"dataset": f"csv:{path}", "label": "kind"})
+    path.write_text(CSV_TEXT + "2.0,inf,red,a\n")
+    with pytest.raises(ConfigError, match=r"^dataset: .* has 1 rows with an infinite value"):
+        config.build({"dataset": f"csv:{path}", "label": "kind"})
 
 
 def test_every_dataset_loads_with_its_classes_and_plane(cpu):
@@ -164,5 +167,8 @@ def test_every_dataset_loads_with_its_classes_and_plane(cpu):
 
 def test_a_run_config_comes_back_from_its_params():
     cfg = config.build({"dataset": "moons", "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "activation": "gelu",
-                        "eps": 1e-6, "noise": 0.05})
+                        "eps": 1e-6, "noise": 0.05, "run_name": "[a"})
     assert config.from_params(config.flatten(cfg)) == cfg
+    for features in ("all", ["alcohol", "hue"]):
+        cfg = config.build({"features": features, "hidden": [8, 4]})
+        assert config.from_params(config.flatten(cfg)) == cfg

@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.analysis.compare_config import CompareOptions
-from harness.core.config import ConfigError, TrainConfig, from_params, target_text
+from harness.core.config import ConfigError, TrainConfig, from_params, target_text, train_size
 from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.progress import Quiet, Status
 from harness.tracking.tracker import Tracker
@@ -109,7 +109,7 @@ class Comparison:
     """what the importances explain"""
     counts: dict[str, int] = field(default_factory=dict)
     base: TrainConfig | None = None
-    """the scan's config (everything but the seed); a study's first trial's"""
+    """the scan's config (everything but the seed); a study's first trial's, None where its trials' data differ"""
 
 
 def lr_band(lr: float, per_decade: int) -> tuple[float, float]:
@@ -202,7 +202,7 @@ def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOpti
     if not parent:
         raise ConfigError(f"study: '{study_name}' has no MLflow parent run (was it made by make sweep?)")
     trials = study.get_trials(deepcopy=False)
-    curves, base = [], None
+    curves, base, sizes = [], None, set()
     for i, trial in enumerate(trials):
         status.set(f"reading study '{study_name}': trial {i + 1} of {len(trials)}")
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
@@ -215,8 +215,9 @@ def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOpti
             continue
         cfg = from_params(run.data.params)
         base = base or cfg  # its target and hold measure every trial: a study keeps one (sweep.check_measure)
+        sizes.add(train_size(cfg))
         history = tracker.metric_histories(run_id, list(METRICS))
-        (reached,), (held,) = steps_to_target(history["train_accuracy"][:, None], base)
+        (reached,), (held,) = steps_to_target(history["train_accuracy"][:, None], cfg)  # in its own data's points
         curves.append(Curve(f"trial-{trial.number}", cfg.seed, cfg.lr, history, reached, held, run_id,
                             tracker.image_steps(run_id, "boundary"), finished=trial.state == TrialState.COMPLETE))
     if not curves:
@@ -224,8 +225,10 @@ def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOpti
     check_step(options.step, curves, "study")
     counts = {s: sum(1 for t in trials if t.state.name == s) for s in ("COMPLETE", "PRUNED", "FAIL")}
     objective = objective_name(tracker.get_run(parent).data.params.get("objective", ""))
-    return Comparison("study", study_name, parent, base.target_accuracy, base.hold_steps, target_text(base), options,
-                      make_bands(curves, options), importances(study), objective, counts, base)
+    # the target in points where every trial has the same data; else as a share (the data were searched)
+    target = target_text(base) if len(sizes) == 1 else f"{base.target_accuracy:.0%} train accuracy"
+    return Comparison("study", study_name, parent, base.target_accuracy, base.hold_steps, target, options,
+                      make_bands(curves, options), importances(study), objective, counts, base if len(sizes) == 1 else None)
 
 
 def scan_comparison(run_id: str | None, experiment: str, tracker: Tracker, options: CompareOptions) -> Comparison:

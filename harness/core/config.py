@@ -88,7 +88,7 @@ class TrainConfig:
     eps: float = 1e-8
     """adam, adamw, rmsprop: added to the denominator"""
     iterations: int = 200
-    """number of full-batch SGD updates"""
+    """number of full-batch optimizer steps"""
     target_accuracy: float = 0.85
     """train accuracy that defines iterations_to_target and iterations_to_target_held"""
     hold_steps: int = 20
@@ -212,7 +212,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"momentum: must be in [0, 1), got {cfg.momentum}")
     for key in ("beta1", "beta2", "alpha"):  # as torch.optim checks them (alpha may be 1)
         if not (0 <= getattr(cfg, key) < 1 or (key == "alpha" and cfg.alpha == 1)):
-            raise ConfigError(f"{key}: must be in [0, 1), got {getattr(cfg, key)}")
+            raise ConfigError(f"{key}: must be in [0, {'1]' if key == 'alpha' else '1)'}, got {getattr(cfg, key)}")
     if not (cfg.weight_decay >= 0 and math.isfinite(cfg.weight_decay)):
         raise ConfigError(f"weight_decay: must be a finite number >= 0, got {cfg.weight_decay}")
     positive("eps")
@@ -291,9 +291,9 @@ def from_params(params: dict[str, str]) -> TrainConfig:
         raw, default = params[f.name], getattr(defaults, f.name)
         if isinstance(default, bool):
             values[f.name] = raw == "True"
-        elif raw.startswith("[") or not isinstance(default, (str, list)):
+        elif isinstance(default, str) or not raw.startswith("[") and isinstance(default, list):
+            values[f.name] = raw  # a string as it was, whatever it starts with (features = "all")
+        else:
             # numbers and lists: Python's str() of them is valid TOML ('a' is a literal string)
             values[f.name] = tomllib.loads(f"v = {raw}")["v"]
-        else:
-            values[f.name] = raw
     return build(values)

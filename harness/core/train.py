@@ -1,6 +1,6 @@
 """The lecture's training loop: forward, loss, backward, step; then the every-N-steps work.
 
-Step k is the network after k SGD updates, so step 0 is the untrained network and the loop
+Step k is the network after k optimizer steps (SGD in the lecture), so step 0 is the untrained network and the loop
 measures one step more than it updates. Logging and drawing live in callbacks. How many steps a
 network takes to reach the target is defined here too (`steps_to_target`), for every trainer.
 """
@@ -79,7 +79,7 @@ def steps_to_target(train_accuracy: np.ndarray, cfg: TrainConfig) -> tuple[list[
     `target_points(cfg)` of the training points right (train accuracy at or above
     target_accuracy), and `iterations_to_target_held`, the first step k from which it stays there
     for `hold_steps` steps (k .. k + hold_steps - 1, all measured). None where there is none.
-    Step k is the network after k SGD updates (step 0: as initialized). Counted in points, so a
+    Step k is the network after k optimizer steps (step 0: as initialized). Counted in points, so a
     float32 accuracy and a float64 one of the same network give the same steps."""
     threshold = (target_points(cfg) - 0.5) / train_size(cfg)  # half a point below the target's count
     at = np.nan_to_num(np.asarray(train_accuracy, dtype=np.float64), nan=-1.0) >= threshold

@@ -68,9 +68,9 @@ def nearest_indices(rgb: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 @cache
-def activation_names() -> dict[str, str]:
-    """Each config activation's module as written out (`ReLU()`, `LeakyReLU(negative_slope=0.01)`), to its name."""
-    return {repr(activation(name)): name for name in ACTIVATIONS}
+def activation_names() -> dict[tuple[type, str], str]:
+    """Each config activation's module class and text (`LeakyReLU(negative_slope=0.01)`), to its name."""
+    return {(type(module), repr(module)): name for name in ACTIVATIONS for module in [activation(name)]}
 
 
 def mlp_activation(model: nn.Module) -> str | None:
@@ -86,7 +86,7 @@ def mlp_activation(model: nn.Module) -> str | None:
             if type(layer) is not nn.Linear or layer.bias is None:
                 return None
             continue
-        name = activation_names().get(repr(layer))
+        name = activation_names().get((type(layer), repr(layer)))
         if name is None:
             return None
         names.add(name)
@@ -102,6 +102,8 @@ class BoundaryRenderer:
                  grid_classes=None):
         self.size = size
         self.grid_classes = grid_classes  # a faster `predict_regions_batched` for one hidden layer, or None
+        self.classes = len(class_names)
+        self.colors = min(self.classes, len(REGION_COLORS))  # a layer and a palette colour each
         self.extent = plane_extent(plane.points)
 
         # the static layer, drawn once on a transparent canvas
@@ -134,11 +136,11 @@ class BoundaryRenderer:
         # an 8-bit PNG, which MLflow encodes several times faster than an RGB one.
         self.axes_size = (width, height)
         layers = [Image.alpha_composite(Image.new("RGBA", self.overlay.size, (*color, 255)), self.overlay).convert("RGB")
-                  for color in [(255, 255, 255), *map(tuple, region_colors(len(class_names)))]]
+                  for color in [(255, 255, 255), *map(tuple, region_colors(self.colors))]]
         mosaic = Image.new("RGB", (size * len(layers), size))
         for i, layer in enumerate(layers):
             mosaic.paste(layer, (i * size, 0))
-        exact = [255, 255, 255, *region_colors(len(class_names)).ravel().tolist()]  # the flat colours stay exact
+        exact = [255, 255, 255, *region_colors(self.colors).ravel().tolist()]  # the flat colours stay exact
         n_mixed = 256 - TITLE_GREYS - len(exact) // 3
         mixed = mosaic.quantize(n_mixed, method=Image.Quantize.MEDIANCUT).getpalette()[:3 * n_mixed]
         greys = [round(k * 255 / (TITLE_GREYS - 1)) for k in range(TITLE_GREYS)]
@@ -218,6 +220,8 @@ class BoundaryRenderer:
         pixels = self.static.copy()
         width, height = self.axes_size
         at = regions.ravel().take(self.grid_point_of_pixel).astype(np.intp)  # each pixel's class
+        if self.colors < self.classes:
+            at %= self.colors  # class c in colour c mod 9
         at *= width * height
         at += self.pixel_index
         pixels[self.rows[0]:self.rows[1], self.cols[0]:self.cols[1]] = self.regions_by_class.take(at).reshape(height, width)
@@ -241,7 +245,7 @@ def new_figure(regions: np.ndarray, plane: Plane, labels: np.ndarray, class_name
     extent = plane_extent(plane.points)
     fig = plt.figure(figsize=(size / DPI, size / DPI), dpi=DPI)
     ax = fig.add_axes(AXES)
-    ax.imshow(region_colors(len(class_names))[regions], extent=extent, aspect="auto", interpolation="nearest")
+    ax.imshow(region_colors(len(class_names))[regions % len(REGION_COLORS)], extent=extent, aspect="auto", interpolation="nearest")
     draw_static_layer(ax, plane, labels, class_names, extent)
     ax.set_title(title)
     return fig

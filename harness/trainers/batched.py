@@ -102,7 +102,7 @@ def fused_forward(trained: list[torch.Tensor], xt1: torch.Tensor, activation: st
     h = torch.matmul(trained[0], xt1)
     for i in range(1, len(trained), 2):
         if kept is not None and activation in AFTER_INPUT:
-            kept.append(h.clone())
+            kept.append(h)  # activate() makes a new tensor for these
         h = activate(h, activation)
         if kept is not None and activation not in AFTER_INPUT:
             kept.append(h)
@@ -163,9 +163,7 @@ def train_batch(cfgs: list[TrainConfig], data: Data, device: torch.device, on_bo
     trained = [torch.cat(params[:2], dim=2), *params[2:]]  # [W1 | b1], W2, b2, ...
     params = [trained[0][..., :-1], trained[0][..., -1:], *params[2:]]  # views, as forward() takes them
     activation = cfgs[0].activation
-    plain_sgd = all(c.optimizer == "sgd" and not c.nesterov and not c.weight_decay for c in cfgs)  # the lecture's step
-    optimizer = None if plain_sgd else StackedOptimizer(cfgs, trained, device)
-    buffers = [torch.zeros_like(p) for p in trained]
+    buffers = [torch.zeros_like(p) for p in trained]  # the kernels' momentum buffers
     lr = torch.tensor([c.lr for c in cfgs], dtype=torch.float32, device=device)
     momentum = torch.tensor([c.momentum for c in cfgs], dtype=torch.float32, device=device)
     iterations = torch.tensor([c.iterations for c in cfgs], device=device)
@@ -184,6 +182,7 @@ def train_batch(cfgs: list[TrainConfig], data: Data, device: torch.device, on_bo
     xt1, xt1_val = with_ones(data.x_train), with_ones(data.x_val)
     onehot = F.one_hot(data.y_train, data.n_classes).float().T.contiguous()
 
+    optimizer = StackedOptimizer(cfgs, trained, device) if chosen == "torch" else None  # the kernels step in their own code
     one_kernel = one_call = None
     if chosen == "triton":  # a step is one Triton kernel (harness/trainers/fused_triton.py)
         from harness.trainers.fused_triton import step as one_kernel
@@ -234,13 +233,8 @@ def train_batch(cfgs: list[TrainConfig], data: Data, device: torch.device, on_bo
         # backward: each model's own gradient
         grads = gradients(trained, xt1, activations, kept, log_probs, onehot, active, activation)
 
-        # the optimizer's step per model; stopped models do not move
-        if optimizer is not None:
-            optimizer.step(grads, active)
-            continue
-        for p, g, buf in zip(trained, grads, buffers):  # SGD, as torch.optim.SGD does it
-            buf.mul_(momentum.view(k, 1, 1)).add_(g)
-            p.sub_(torch.where(active.view(k, 1, 1), lr.view(k, 1, 1) * buf, 0.0))
+        # the optimizer's step per model, as torch.optim does it; stopped models do not move
+        optimizer.step(grads, active)
 
     measured = torch.arange(steps, device=device)[:, None] <= last_step[None, :]
     history = torch.where(measured, history, float("nan"))

@@ -56,8 +56,11 @@ class Trainer:
         if missing:
             return missing
         for key, rule in self.fields.items():
-            if key != "device" and isinstance(rule, Only) and not all(rule.accepts(cfg, device) for cfg in cfgs):
-                return f"it trains {rule.says} ({key}={getattr(cfgs[0], key)!r})"
+            if key == "device" or not isinstance(rule, Only):
+                continue
+            refused = next((cfg for cfg in cfgs if not rule.accepts(cfg, device)), None)
+            if refused is not None:
+                return f"it trains {rule.says} ({key}={getattr(refused, key)!r})"
         return None
 
 

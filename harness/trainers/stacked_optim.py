@@ -12,8 +12,6 @@ import torch
 
 from harness.core.config import TrainConfig
 
-RULES = ("sgd", "adam", "adamw", "rmsprop")  # every optimizer of core/config.OPTIMIZERS
-
 
 class StackedOptimizer:
     def __init__(self, cfgs: list[TrainConfig], params: list[torch.Tensor], device: torch.device):
@@ -46,20 +44,24 @@ class StackedOptimizer:
         """One update of every active model from its gradient (as laid out as `params`)."""
         self.steps += 1
         moving = active.view(-1, 1, 1)
-        rule = getattr(self, self.name if self.name != "adamw" else "adam")
+        if self.name == "sgd":  # p - lr * direction, as torch.optim.SGD; in place, the lecture's step being the hot one
+            for i, (p, g) in enumerate(zip(self.params, grads)):
+                p.sub_(torch.where(moving, self.lr * self.sgd_direction(i, p, g), 0.0))
+            return
+        rule = self.adam if self.name in ("adam", "adamw") else self.rmsprop
         for i, (p, g) in enumerate(zip(self.params, grads)):
             p.copy_(torch.where(moving, rule(i, p, g), p))
 
     def with_decay(self, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return g.add(self.weight_decay * p) if self.decays else g
 
-    def sgd(self, i: int, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def sgd_direction(self, i: int, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """What SGD moves the weights along, times lr: the momentum buffer (g itself without momentum)."""
         g = self.with_decay(p, g)
-        buf = self.buffers[i].mul_(self.momentum).add_(g)  # the first step: 0 * m + g, torch's clone of g
-        direction = torch.where(self.momentum > 0, buf, g)
+        buf = self.buffers[i].mul_(self.momentum).add_(g)  # the first step: 0 * m + g, torch's clone of g; m = 0: g
         if self.nesterov is not None:
-            direction = torch.where(self.nesterov, g + self.momentum * buf, direction)
-        return p - self.lr * direction
+            return torch.where(self.nesterov, g + self.momentum * buf, buf)
+        return buf
 
     def adam(self, i: int, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         if self.name == "adamw":
