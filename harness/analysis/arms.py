@@ -21,10 +21,9 @@ import numpy as np
 from PIL import Image
 
 from harness.analysis import seed_scan
-from harness.analysis.seed_scan import SeedScan, spread
+from harness.analysis.seed_scan import SeedScan
 from harness.core import config
 from harness.core.config import ConfigError, TrainConfig
-from harness.core.train import CONVERGENCE
 from harness.trainers.batched import BatchResult
 
 ARM_REFUSED = {  # keys an arm cannot set, and why
@@ -162,11 +161,7 @@ def summarize(batch: BatchResult, rows: list[dict]) -> dict[str, float]:
     """What a seed scan's run holds once (seed_scan.run_scan), and the final train and
     validation accuracy across the seeds (p10, median, p90; NaN for a diverged seed's loss
     does not enter)."""
-    summary = {"diverged": int(batch.diverged.sum())}
-    for name, count in zip(CONVERGENCE, ("reached", "held")):
-        values = [r[name] for r in rows if r[name] is not None]
-        summary[count] = len(values)
-        summary.update({f"{name}_{k}": v for k, v in spread(values).items()} if values else {})
+    summary = seed_scan.summarize(batch, rows)
     for metric in ("train_accuracy", "val_accuracy"):
         finals = np.array([r[f"final_{metric}"] for r in rows], dtype=float)
         finals = finals[np.isfinite(finals)]

@@ -5,7 +5,6 @@ the one numeric key the arms differ in, when there is one), the median train-acc
 each arm with its p10-p90 band, and the final decision boundary of each arm's median seed.
 """
 
-import csv
 import math
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from harness.analysis.arms import ArmResult, ArmScan, varying_keys
 from harness.analysis.report import format_rows
 from harness.analysis.report_files import default_folder as study_folder
 from harness.analysis.report_files import folder_name, html, markdown
-from harness.analysis.seed_scan import percentiles
+from harness.analysis.seed_scan import percentiles, write_csv
 from harness.core.config import target_text
 
 BEST_LR = ("the lr at which the most seeds held the target; among equals, the lowest median "
@@ -220,14 +219,6 @@ def blocks(scan: ArmScan, results: list[ArmResult], run_id: str | None) -> list[
 def description(scan: ArmScan, results: list[ArmResult], run_id: str) -> str:
     """The parent run's description: the table, and where the report is."""
     return markdown(blocks(scan, results, run_id)[:5]) + "\n**Artifacts**: `report/` (report.md, report.html, the figures, arms.csv, lrs.csv)."
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def write(scan: ArmScan, results: list[ArmResult], folder: Path, run_id: str | None) -> list[Path]:

@@ -18,7 +18,7 @@ from PIL import Image
 from harness.analysis import arms_report
 from harness.analysis.arms import (Arm, ArmResult, ArmScan, LrOutcome, best_lr, columns, median_seed, run_label,
                                    status_text, summarize, varying_keys)
-from harness.analysis.seed_scan import PERCENTILES, SeedScan, histogram_figure, per_seed_rows, percentiles
+from harness.analysis.seed_scan import SeedScan, histogram_figure, log_percentiles, per_seed_rows, save_histories
 from harness.core.config import ConfigError, flatten
 from harness.experiment import run_params
 from harness.core.train import METRICS
@@ -104,10 +104,7 @@ def parent_params(scan: ArmScan) -> dict[str, object]:
 def log_arm(result: ArmResult, scan: ArmScan, logger: RunLogger) -> None:
     """An arm's child run, as `make seeds` logs a scan, at the arm's best lr; `lrs.csv` has every lr."""
     chosen = result.chosen
-    bands = {m: percentiles(chosen.batch.history[m]) for m in METRICS}
-    for step in range(chosen.batch.history["train_loss"].shape[0]):
-        logger.log_metrics({f"{m}_{p}": bands[m][p][step] for m in METRICS for p in PERCENTILES
-                            if np.isfinite(bands[m][p][step])}, step=step)
+    log_percentiles(logger, chosen.batch)
     logger.log_metrics({**chosen.summary, "train_seconds": result.train_seconds})
     logger.set_tags({"reached_target_seeds": chosen.summary["reached"], "held_target_seeds": chosen.summary["held"],
                      "mlflow.note.content": arms_report.arm_description(result, scan)})
@@ -115,9 +112,7 @@ def log_arm(result: ArmResult, scan: ArmScan, logger: RunLogger) -> None:
         tmp = Path(tmp)
         logger.log_artifact(arms_report.write_csv(tmp / "seeds.csv", chosen.rows))
         logger.log_artifact(arms_report.write_csv(tmp / "lrs.csv", arms_report.lr_rows(result)))
-        np.savez_compressed(tmp / "histories.npz", seed=np.array(scan.seeds),
-                            **{m: chosen.batch.history[m].astype(np.float32) for m in METRICS})
-        logger.log_artifact(tmp / "histories.npz")
+        logger.log_artifact(save_histories(tmp / "histories.npz", scan.seeds, chosen.batch))
         histogram_figure(chosen.scan, chosen.rows).savefig(tmp / "iterations_to_target_histogram.png", bbox_inches="tight")
         logger.log_artifact(tmp / "iterations_to_target_histogram.png", "figures")
         if result.boundary is not None:

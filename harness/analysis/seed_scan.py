@@ -156,12 +156,41 @@ def train_scan(scan: SeedScan, workspace: Workspace) -> TrainedScan:
     batch = train_batch(cfgs, workspace.data, workspace.device)
     train_seconds = time.perf_counter() - start
     rows = per_seed_rows(scan, batch)
-    summary = {"diverged": int(batch.diverged.sum()), "train_seconds": train_seconds}
+    return TrainedScan(batch, rows, {**summarize(batch, rows), "train_seconds": train_seconds})
+
+
+def summarize(batch: BatchResult, rows: list[dict]) -> dict:
+    """How many seeds diverged, reached and held the target, and the spread of each
+    iterations-to-target value across the seeds that have one."""
+    summary = {"diverged": int(batch.diverged.sum())}
     for name, count in zip(CONVERGENCE, ("reached", "held")):
         values = [r[name] for r in rows if r[name] is not None]
         summary[count] = len(values)
         summary.update({f"{name}_{k}": v for k, v in spread(values).items()} if values else {})
-    return TrainedScan(batch, rows, summary)
+    return summary
+
+
+def log_percentiles(logger, batch: BatchResult) -> None:
+    """Each metric's p10, median and p90 across the seeds, at every step (`<metric>_<p>`)."""
+    bands = {m: percentiles(batch.history[m]) for m in METRICS}
+    for step in range(batch.history["train_loss"].shape[0]):
+        logger.log_metrics({f"{m}_{p}": bands[m][p][step] for m in METRICS for p in PERCENTILES
+                            if np.isfinite(bands[m][p][step])}, step=step)
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    """Rows of the same keys as a CSV table with a header (seeds.csv: `per_seed_rows`)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def save_histories(path: Path, seeds: list[int], batch: BatchResult) -> Path:
+    """Every seed's curves, for `make compare` (NaN past a seed's last step)."""
+    np.savez_compressed(path, seed=np.array(seeds), **{m: batch.history[m].astype(np.float32) for m in METRICS})
+    return path
 
 
 def run_scan(scan: SeedScan, tracker: Tracker, status: Status | None = None) -> tuple[str, dict]:
@@ -184,10 +213,7 @@ def tracked_scan(scan: SeedScan, tracker: Tracker, status: Status | None = None,
         batch, rows, summary = trained.batch, trained.rows, trained.summary
 
         status.set(f"logging the curves of {scan.count} seeds")
-        bands = {m: percentiles(batch.history[m]) for m in METRICS}
-        for step in range(batch.history["train_loss"].shape[0]):
-            logger.log_metrics({f"{m}_{p}": bands[m][p][step] for m in METRICS for p in PERCENTILES
-                                if np.isfinite(bands[m][p][step])}, step=step)
+        log_percentiles(logger, batch)
 
         logger.log_metrics(summary)
         logger.set_tags({"reached_target_seeds": summary["reached"], "held_target_seeds": summary["held"],
@@ -195,17 +221,9 @@ def tracked_scan(scan: SeedScan, tracker: Tracker, status: Status | None = None,
 
         status.set("writing the per-seed table and the figures")
         with tempfile.TemporaryDirectory() as tmp:
-            table = Path(tmp) / "seeds.csv"
-            with open(table, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            logger.log_artifact(table)
-            # every seed's curves, for `make compare` (NaN past a seed's last step)
-            np.savez_compressed(Path(tmp) / "histories.npz", seed=np.array(scan.seeds),
-                                **{m: batch.history[m].astype(np.float32) for m in METRICS})
-            logger.log_artifact(Path(tmp) / "histories.npz")
-            for name, fig in (("loss_fan", fan_figure(scan, batch, bands["train_loss"])),
+            logger.log_artifact(write_csv(Path(tmp) / "seeds.csv", rows))
+            logger.log_artifact(save_histories(Path(tmp) / "histories.npz", scan.seeds, batch))
+            for name, fig in (("loss_fan", fan_figure(scan, batch, percentiles(batch.history["train_loss"]))),
                               ("iterations_to_target_histogram", histogram_figure(scan, rows))):
                 fig.savefig(Path(tmp) / f"{name}.png", bbox_inches="tight")
                 logger.log_artifact(Path(tmp) / f"{name}.png", "figures")
