@@ -1,13 +1,15 @@
 """One tracked training run: resolve the device, load the data, train, log it all to MLflow."""
 
+import hashlib
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from harness.core import data as data_lib
+from harness.core import data as data_lib, datasets
 from harness.core.config import TrainConfig, flatten
 from harness.core.runtime import resolve_device
 from harness.core.train import CONVERGENCE, Callbacks, TrainResult, record_step, train
@@ -108,7 +110,10 @@ def default_run_name(cfg: TrainConfig) -> str:
 
 
 def run_params(cfg: TrainConfig, device: torch.device) -> dict[str, str]:
-    return {**flatten(cfg), "device_resolved": str(device), "torch_version": torch.__version__}
+    """Every config key, what ran, and for a CSV dataset its file's SHA-256 (its path is the one given)."""
+    csv_file = datasets.csv_path(cfg.dataset)
+    return {**flatten(cfg), "device_resolved": str(device), "torch_version": torch.__version__,
+            **({"dataset_sha256": hashlib.sha256(Path(csv_file).read_bytes()).hexdigest()} if csv_file else {})}
 
 
 def outcome_tags(result: TrainResult) -> dict[str, str]:

@@ -172,3 +172,15 @@ def test_a_run_config_comes_back_from_its_params():
     for features in ("all", ["alcohol", "hue"]):
         cfg = config.build({"features": features, "hidden": [8, 4]})
         assert config.from_params(config.flatten(cfg)) == cfg
+
+
+def test_a_run_on_a_csv_dataset_records_its_file_s_hash(tmp_path, cpu):
+    import hashlib
+
+    from harness.experiment import run_params
+
+    path = tmp_path / "shapes.csv"
+    path.write_text(CSV_TEXT)
+    params = run_params(config.build({"dataset": f"csv:{path}", "label": "kind"}), cpu)
+    assert params["dataset_sha256"] == hashlib.sha256(CSV_TEXT.encode()).hexdigest()
+    assert "dataset_sha256" not in run_params(config.build({}), cpu)

@@ -72,10 +72,15 @@ def facts(dataset: str, label: str, n_samples: int, noise: float, data_seed: int
     return Facts(found.samples, found.feature_names, len(found.class_names), int(np.bincount(found.y).min()))
 
 
+def csv_path(dataset: str) -> str | None:
+    """The file of a `csv:PATH` dataset, as given (relative to the working folder), else None."""
+    return dataset[len(CSV):] if dataset.startswith(CSV) else None
+
+
 def table(dataset: str, label: str, n_samples: int, noise: float, data_seed: int) -> Table:
     """The dataset's whole table (the generators' arguments matter only to them, the label only to a CSV)."""
-    if dataset.startswith(CSV):
-        path = dataset[len(CSV):]
+    path = csv_path(dataset)
+    if path is not None:
         try:
             stamp = os.stat(path).st_mtime_ns  # a file changed on disk is read again
         except OSError:
