@@ -81,7 +81,7 @@ services: $(STAMP) ## start PostgreSQL and an MLflow tracking server here (BIND=
 services-stop: $(STAMP) ## stop what `make services` started (the data stay in mlruns/services/)
 	$(PY) -m harness services stop
 
-seeds: $(STAMP) ## train many seeds at once as one run (SEEDS_CONFIG=file.toml COUNT=N)
+seeds: $(STAMP) ## train many seeds at once as one run (SEEDS_CONFIG=file.toml COUNT=N); a file with [[seeds.arm]] tables: its arms side by side
 	$(PY) -m harness seeds $(call positional,SEEDS_CONFIG) $(call option,--count,COUNT)
 
 compare: $(STAMP) ## report how the seed changes convergence (STUDY=name; CONFIG=experiments/seeds.toml: the latest scan; STEP=N)
