@@ -39,9 +39,9 @@ unexport TRIALS STUDY WORKERS CONFIG EXPERIMENT SEEDS_CONFIG COUNT RUN STEP PORT
 SWEEP_ARGS = $(call option,--trials,TRIALS) $(call option,--study,STUDY) $(call option,--workers,WORKERS)
 # compare options: make compare STUDY=name STEP=60 RUN=<seed scan run id>
 COMPARE_ARGS = $(call option,--study,STUDY) $(call option,--run,RUN) $(call option,--step,STEP)
-# make train ARGS="--set lr=0.5 --set seed=3": ARGS is split on spaces, each word one argument
-# (quotes in ARGS do not group words)
-TRAIN_ARGS = $(foreach word,$(value ARGS),$(call quote,$(word)))
+# make train ARGS="--set lr=0.5 --set seed=3" (also make seeds, make sweep): ARGS is split on
+# spaces, each word one argument (quotes in ARGS do not group words)
+SET_ARGS = $(foreach word,$(value ARGS),$(call quote,$(word)))
 
 .DEFAULT_GOAL := help
 .PHONY: help install lock train sweep seeds compare export ui dashboard test test-slow test-browser test-services test-floor screenshots bench services services-stop worker clean
@@ -65,10 +65,10 @@ lock: ## remake requirements.lock: the newest versions pyproject.toml admits, re
 	PYTHON=$(call quoted,PYTHON) TORCH_SPEC=$(call quoted,TORCH_SPEC) .ci/lock.sh
 
 train: $(STAMP) ## train the lecture's network once (EXPERIMENT=file.toml, ARGS="--set lr=0.5 --set seed=3", split on spaces)
-	$(PY) -m harness train $(call positional,EXPERIMENT) $(TRAIN_ARGS)
+	$(PY) -m harness train $(call positional,EXPERIMENT) $(SET_ARGS)
 
-sweep: $(STAMP) ## run or continue the Optuna study (CONFIG=file.toml TRIALS=N STUDY=name WORKERS=N)
-	$(PY) -m harness sweep $(call positional,CONFIG) $(SWEEP_ARGS)
+sweep: $(STAMP) ## run or continue the Optuna study (CONFIG=file.toml TRIALS=N STUDY=name WORKERS=N ARGS="--set key=value")
+	$(PY) -m harness sweep $(call positional,CONFIG) $(SWEEP_ARGS) $(SET_ARGS)
 
 worker: $(STAMP) ## join a shared study: STORAGE=postgresql://... TRACKING=http://host:port STUDY=name TRIALS=N (in total) [WORKERS=N]
 	OPTUNA_STORAGE=$(if $(value STORAGE),$(call quoted,STORAGE),$(error STORAGE=postgresql://user@host:port/optuna is needed)) \
@@ -81,8 +81,8 @@ services: $(STAMP) ## start PostgreSQL and an MLflow tracking server here (BIND=
 services-stop: $(STAMP) ## stop what `make services` started (the data stay in mlruns/services/)
 	$(PY) -m harness services stop
 
-seeds: $(STAMP) ## train many seeds at once as one run (SEEDS_CONFIG=file.toml COUNT=N); a file with [[seeds.arm]] tables: its arms side by side
-	$(PY) -m harness seeds $(call positional,SEEDS_CONFIG) $(call option,--count,COUNT)
+seeds: $(STAMP) ## train many seeds at once as one run (SEEDS_CONFIG=file.toml COUNT=N ARGS="--set key=value"); a file with [[seeds.arm]] tables: its arms side by side
+	$(PY) -m harness seeds $(call positional,SEEDS_CONFIG) $(call option,--count,COUNT) $(SET_ARGS)
 
 compare: $(STAMP) ## report how the seed changes convergence (STUDY=name; CONFIG=experiments/seeds.toml: the latest scan; STEP=N)
 	$(PY) -m harness compare $(call positional,CONFIG) $(COMPARE_ARGS)

@@ -87,7 +87,7 @@ def train(config=None, *, tracking: bool = True, boundaries: bool = True, progre
             run_id, result = None, train_batch([cfg], workspace.data, workspace.device).result(0, cfg)
     images = callbacks.images if boundaries else {}
     return TrainRun.of(cfg, result, images, trainer, workspace.device, run_id,
-                       store.run_link(run_id) if store else None)
+                       store.run_url(run_id) if store else None)
 
 
 def scan_of(config, count: int | None = None, first: int | None = None, overrides: dict | None = None):
@@ -127,7 +127,7 @@ def seed_scan(config=None, *, count: int | None = None, first: int | None = None
             run_id, trained = scans.tracked_scan(scan, store, status, workspace)
         else:
             run_id, trained = None, scans.train_scan(scan, workspace)
-    return SeedScanResult.of(scan, trained, run_id, store.run_link(run_id) if store else None)
+    return SeedScanResult.of(scan, trained, run_id, store.run_url(run_id) if store else None)
 
 
 def toml_value(value) -> str:
@@ -245,4 +245,4 @@ def compare(config=None, *, study: str | None = None, run: str | None = None, ou
         if comparison.kind == "study" and not store.read_only:
             status.set("making each trial's boundary.gif")
             gifs = report.trial_gifs(comparison, store)
-    return CompareResult(comparison, path, notes, logged, gifs, comparison.run_id, store.run_link(comparison.run_id))
+    return CompareResult(comparison, path, notes, logged, gifs, comparison.run_id, store.run_url(comparison.run_id))

@@ -33,8 +33,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         held = run.iterations_to_target_held
         print(f"iterations_to_target {run.iterations_to_target}, iterations_to_target_held "
               f"{held if held is not None else f'none (never held for {cfg.hold_steps} steps)'}: {target}")
-    print(f"the run: {run.link}")
+    print(f"the run: {with_ui_hint(run.link)}")
     return 0
+
+
+def with_ui_hint(link: str) -> str:
+    """A run's page (an API result's `link`), and for a local store how to start the UI that serves it."""
+    from harness.tracking.tracker import Tracker
+
+    return Tracker().with_ui_hint(link)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -89,7 +96,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
                    f"p10 {summary[f'{name}_p10']:.0f}, p90 {summary[f'{name}_p90']:.0f}); " if summary[count] else "")
         print(f"  {what}: {numbers}{summary[count]} of {scan.count} seeds")
     print(f"{summary['diverged']} of {scan.count} seeds diverged")
-    print(f"the run: {result.link}")
+    print(f"the run: {with_ui_hint(result.link)}")
     return 0
 
 
@@ -129,7 +136,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"boundary.gif: logged to {result.gifs[0]} trial runs ({result.gifs[1]} had one already)")
     print(f"report: {result.report} (logged to run {result.run_id} as {result.logged}/)" if result.logged else
           f"report: {result.report} (the tracking store is read-only: nothing was logged to it)")
-    print(f"the run: {result.link}")
+    print(f"the run: {with_ui_hint(result.link)}")
     return 0
 
 

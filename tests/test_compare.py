@@ -76,9 +76,33 @@ def known_study(tmp_path, tracker, cpu):
     return name, storage, parent.run_id
 
 
+def test_a_study_whose_trials_differ_in_more_than_lr_seed_and_iterations_says_so(tmp_path, tracker, cpu):
+    """A sweep that searched the optimizer: each lr band mixes SGD and Adam, which the report notes;
+    and each trial is measured in its own data's points (here moons, 210 to train on, and wine, 124)."""
+    storage, name = f"sqlite:///{tmp_path}/optuna.db", f"mixed-{tmp_path.name}"
+    parent = tracker.open_run(f"compare-{tmp_path.name}", name)
+    tracker.close_run(parent, "FINISHED")
+    study = optuna.create_study(study_name=name, storage=storage)
+    study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
+    for number, keys in enumerate([{"optimizer": "adam"}, {"optimizer": "sgd"}, {"optimizer": "sgd", "dataset": "moons"}]):
+        cfg = config.build({"experiment": f"compare-{tmp_path.name}", "iterations": STEPS - 1, "device": "cpu", **keys})
+        result = known_result(30, 0.9)
+        if keys.get("dataset"):  # 178 of 210 points is 0.8476: below the target there, 85% of 124 points at wine's
+            result.history["train_accuracy"] = [0.8476 if s >= 30 else 0.3 for s in range(STEPS)]
+        run_id, _ = record_trained_run(cfg, tracker, cpu, result, [], RunSpec(run_name=f"trial-{number}",
+                                                                            parent_run_id=parent.run_id))
+        study.add_trial(optuna.trial.create_trial(params={"lr": 0.7}, distributions={"lr": FloatDistribution(1e-3, 1.0)},
+                                                  value=0.1, user_attrs={RUN_ID_ATTR: run_id}))
+    c = compare.study_comparison(read_study(name, storage), tracker, CompareOptions(min_trials=2))
+    assert c.mixed == ["dataset", "features", "optimizer"] and c.base is None
+    assert c.target == "85% train accuracy"  # not in one dataset's points
+    assert [curve.iterations_to_target for curve in c.bands[0].curves] == [30, 30, None]
+
+
 def test_the_spread_per_band_is_computed_from_the_logged_curves(known_study, tracker):
     name, storage, _ = known_study
     c = compare.study_comparison(read_study(name, storage), tracker, CompareOptions(min_trials=5))
+    assert c.mixed == []
     assert [b.label for b in c.bands] == ["[0.01, 0.1)", "[0.1, 1)"]
     few, main = c.bands
     assert [curve.seed for curve in main.curves] == [1, 2, 3, 4, 5, 6, 9]  # sorted by seed

@@ -143,10 +143,10 @@ def test_a_csv_dataset_takes_its_numeric_columns_and_its_label(tmp_path, cpu):
     with pytest.raises(ConfigError, match=r"^features: unknown feature 'colour' of csv:"):
         config.build({"dataset": f"csv:{path}", "label": "kind", "features": ["width", "colour"]})
     path.write_text(CSV_TEXT + "2.0,,red,a\n")
-    with pytest.raises(ConfigError, match=r"^dataset: .* has 1 rows with a missing value"):
+    with pytest.raises(ConfigError, match=r"^dataset: .* has 1 row\(s\) with a missing value"):
         config.build({"dataset": f"csv:{path}", "label": "kind"})
     path.write_text(CSV_TEXT + "2.0,inf,red,a\n")
-    with pytest.raises(ConfigError, match=r"^dataset: .* has 1 rows with an infinite value"):
+    with pytest.raises(ConfigError, match=r"^dataset: .* has 1 row\(s\) with an infinite value"):
         config.build({"dataset": f"csv:{path}", "label": "kind"})
 
 

@@ -67,6 +67,14 @@ def test_train_splits_args_on_spaces_and_passes_each_word_as_typed(make):
         "--set", "lr=0.5", '"a']
 
 
+def test_seeds_and_sweep_take_args_as_train_does(make):
+    args = "--set optimizer=adam --set name=it's;touch$(touch"
+    words = ["--set", "optimizer=adam", "--set", "name=it's;touch$(touch"]
+    assert make("seeds", ARGS=args, SEEDS_CONFIG=NASTY)["argv"] == ["-m", "harness", "seeds", NASTY, *words]
+    assert make("sweep", ARGS=args, STUDY=NASTY)["argv"] == ["-m", "harness", "sweep", "experiments/sweep.toml",
+                                                             "--study", NASTY, *words]
+
+
 def test_worker_exports_storage_and_tracking_as_typed(make):
     got = make("worker", STORAGE=NASTY, TRACKING=NASTY + "'", TRIALS=NASTY, STUDY=NASTY, WORKERS=NASTY)
     assert got["argv"] == ["-m", "harness", "sweep", "experiments/sweep.toml", "--total", NASTY,

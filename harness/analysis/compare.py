@@ -18,12 +18,14 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.analysis.compare_config import CompareOptions
-from harness.core.config import ConfigError, TrainConfig, from_params, target_text, train_size
+from harness.core.config import ConfigError, TrainConfig, flatten, from_params, target_text, train_size
 from harness.study.storage import PARENT_RUN_ATTR, RUN_ID_ATTR
 from harness.progress import Quiet, Status
 from harness.tracking.tracker import Tracker
 from harness.core.train import METRICS, steps_to_target
 
+
+BANDED = ("lr", "seed", "iterations", "run_name")  # what the report's bands and spreads are across
 
 @dataclass
 class Curve:
@@ -110,6 +112,8 @@ class Comparison:
     counts: dict[str, int] = field(default_factory=dict)
     base: TrainConfig | None = None
     """the scan's config (everything but the seed); a study's first trial's, None where its trials' data differ"""
+    mixed: list[str] = field(default_factory=list)
+    """config keys besides lr, seed and iterations whose values differ between the study's trials"""
 
 
 def lr_band(lr: float, per_decade: int) -> tuple[float, float]:
@@ -202,7 +206,7 @@ def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOpti
     if not parent:
         raise ConfigError(f"study: '{study_name}' has no MLflow parent run (was it made by make sweep?)")
     trials = study.get_trials(deepcopy=False)
-    curves, base, sizes = [], None, set()
+    curves, base, sizes, values = [], None, set(), {}
     for i, trial in enumerate(trials):
         status.set(f"reading study '{study_name}': trial {i + 1} of {len(trials)}")
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
@@ -216,6 +220,8 @@ def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOpti
         cfg = from_params(run.data.params)
         base = base or cfg  # its target and hold measure every trial: a study keeps one (sweep.check_measure)
         sizes.add(train_size(cfg))
+        for key, value in flatten(cfg).items():
+            values.setdefault(key, set()).add(value)
         history = tracker.metric_histories(run_id, list(METRICS))
         (reached,), (held,) = steps_to_target(history["train_accuracy"][:, None], cfg)  # in its own data's points
         curves.append(Curve(f"trial-{trial.number}", cfg.seed, cfg.lr, history, reached, held, run_id,
@@ -227,8 +233,10 @@ def study_comparison(study: optuna.Study, tracker: Tracker, options: CompareOpti
     objective = objective_name(tracker.get_run(parent).data.params.get("objective", ""))
     # the target in points where every trial has the same data; else as a share (the data were searched)
     target = target_text(base) if len(sizes) == 1 else f"{base.target_accuracy:.0%} train accuracy"
+    mixed = sorted(key for key, seen in values.items() if len(seen) > 1 and key not in BANDED)
     return Comparison("study", study_name, parent, base.target_accuracy, base.hold_steps, target, options,
-                      make_bands(curves, options), importances(study), objective, counts, base if len(sizes) == 1 else None)
+                      make_bands(curves, options), importances(study), objective, counts, base if len(sizes) == 1 else None,
+                      mixed)
 
 
 def scan_comparison(run_id: str | None, experiment: str, tracker: Tracker, options: CompareOptions) -> Comparison:

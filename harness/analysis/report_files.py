@@ -113,6 +113,9 @@ def write_report(c: Comparison, tracker, folder: Path) -> tuple[Path, list[str],
         for old in folder.glob(pattern):
             old.unlink()
     notes = []
+    if c.mixed:
+        notes.append(f"note: the trials also differ in {', '.join(c.mixed)}, which each learning-rate band mixes; "
+                     "to set those side by side over the same seeds, use a seed-scan file with arms (docs/questions.md)")
     figures = [("curves.png", curves_figure(c)), ("iterations_to_target.png", spread_figure(c))]
     with tempfile.TemporaryDirectory() as tmp:
         if c.kind == "study":

@@ -134,10 +134,10 @@ def _csv(path: str, label: str, stamp: int) -> Table:
     frame = frame[[*numeric, label]]
     missing = int(frame.isna().any(axis=1).sum())
     if missing:
-        raise DatasetError("dataset", f"dataset: {path} has {missing} rows with a missing value; fill or drop them first")
+        raise DatasetError("dataset", f"dataset: {path} has {missing} row(s) with a missing value; fill or drop them first")
     x = frame[numeric].to_numpy(dtype=np.float64)
     infinite = int((~np.isfinite(x)).any(axis=1).sum())
     if infinite:
-        raise DatasetError("dataset", f"dataset: {path} has {infinite} rows with an infinite value; fix or drop them first")
+        raise DatasetError("dataset", f"dataset: {path} has {infinite} row(s) with an infinite value; fix or drop them first")
     values, y = np.unique(frame[label].to_numpy(), return_inverse=True)
     return Table(x, y.astype(np.int64), tuple(numeric), tuple(str(v) for v in values))

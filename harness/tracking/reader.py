@@ -54,8 +54,12 @@ class RunReader:
 
     def run_link(self, run_id: str, ui_base: str = UI_BASE) -> str:
         """The run's page, and for a local store how to start the UI that serves it."""
+        return self.with_ui_hint(self.run_url(run_id, ui_base))
+
+    def with_ui_hint(self, url: str) -> str:
+        """A page of this store's UI, and for a local store how to start that UI."""
         command = self.ui_command()
-        return f"{self.run_url(run_id, ui_base)}  (start the UI first: {command})" if command else self.run_url(run_id, ui_base)
+        return f"{url}  (start the UI first: {command})" if command else url
 
     def get_run(self, run_id: str):
         return self.client.get_run(run_id)
