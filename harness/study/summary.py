@@ -45,7 +45,9 @@ def figures(study: optuna.Study) -> dict[str, callable]:
     if len(study.directions) > 1:
         return {"pareto_front": lambda: optuna_plots.plot_pareto_front(study, target_names=names)}
     return {"optimization_history": lambda: optuna_plots.plot_optimization_history(study, target_name=names[0]),
-            "param_importances": lambda: optuna_plots.plot_param_importances(study, target_name=names[0]),
+            # fANOVA's forest with a fixed seed: the same study draws the same figure, in any process
+            "param_importances": lambda: optuna_plots.plot_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target_name=names[0]),
             "slice": lambda: optuna_plots.plot_slice(study, target_name=names[0])}
 
 
