@@ -30,7 +30,7 @@ class TrainRun:
     run_id: str | None = None
     """the MLflow run; None without tracking"""
     link: str | None = None
-    """the run's page in the MLflow UI, and how to start the UI"""
+    """the run's page in the MLflow UI (`make ui` serves a local store's); None without tracking"""
 
     @classmethod
     def of(cls, cfg: TrainConfig, result, images: dict, trainer: str, device, run_id: str | None,
