@@ -15,7 +15,6 @@ imported inside the functions: `import harness` stays quick, and a bad key fails
 
 import copy
 import dataclasses
-import json
 import tempfile
 from pathlib import Path
 
@@ -130,23 +129,6 @@ def seed_scan(config=None, *, count: int | None = None, first: int | None = None
     return SeedScanResult.of(scan, trained, run_id, store.run_url(run_id) if store else None)
 
 
-def toml_value(value) -> str:
-    """`value` written as TOML, as an experiment file holds it."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, float):
-        return repr(float(value))  # inf, nan and 1e-05 are TOML too
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise ConfigError(f"{value!r}: not a value an experiment file holds (a number, a string, a list or a table)")
-
-
 def sweep_of(config, overrides: dict | None = None):
     """The Sweep of `config` (a file or dict with a [sweep] table, a TrainConfig, a Sweep) and
     `overrides`, read by the reader of `make sweep`'s files."""
@@ -156,20 +138,7 @@ def sweep_of(config, overrides: dict | None = None):
         if overrides:
             raise TypeError("sweep: a loaded Sweep takes no overrides; give its file or a dict")
         return config
-    overrides = overrides or {}
-    values = keys_of(config)
-    table = values.pop("sweep", None)
-    config_lib.build({**values, **overrides})  # a bad key or value: the command line's one line
-    as_set = [f"{key}={toml_value(value)}" for key, value in overrides.items()]  # what --set gives
-    if isinstance(config, (str, Path)):
-        return study_config.load(config, as_set)
-    if table is None:
-        return study_config.load(None, [f"{key}={toml_value(value)}" for key, value in values.items()] + as_set)
-    # a dict's [sweep] table is read by the file reader, from a file of its own, removed at once
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "sweep.toml"
-        path.write_text("".join(f"{json.dumps(k)} = {toml_value(v)}\n" for k, v in {**values, "sweep": table}.items()))
-        return study_config.load(path, as_set)
+    return study_config.from_values({**keys_of(config), **(overrides or {})})  # overrides as --set gives them
 
 
 def sweep(config=None, *, trials: int | None = None, study: str | None = None, workers: int | None = None,

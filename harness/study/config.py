@@ -198,10 +198,16 @@ def build_settings(table: dict[str, Any], fixed: dict[str, Any]) -> SweepConfig:
 def load(path: str | Path | None, overrides: list[str] = ()) -> Sweep:
     """Read an experiment file for sweeping; every bad key or value fails here, before any trial."""
     values = config.read_toml(path) if path else {}
+    values.update(config.parse_override(o) for o in overrides)
+    return from_values(values)
+
+
+def from_values(values: dict[str, Any]) -> Sweep:
+    """A sweep from an experiment file's values (its `[sweep]` table included), checked as `load` checks a file."""
+    values = dict(values)
     table = values.pop("sweep", {})
     if not isinstance(table, dict):
         raise ConfigError("sweep: expected a table [sweep]")
-    values.update(config.parse_override(o) for o in overrides)
     base = config.build(values)
     settings = build_settings(table, values)
     # every corner of the space must make a valid config
