@@ -35,9 +35,8 @@ class StackedOptimizer:
         if self.name == "rmsprop":
             self.alpha = per_model("alpha")
             self.one_minus_alpha = per_model("alpha", torch.float64).neg().add(1).float()
-        first, second = {"sgd": (True, False), "adam": (True, True), "adamw": (True, True), "rmsprop": (True, True)}[self.name]
-        self.buffers = [torch.zeros_like(p) for p in params] if first else None  # momentum, or Adam's exp_avg
-        self.squares = [torch.zeros_like(p) for p in params] if second else None  # exp_avg_sq, or RMSprop's square_avg
+        self.buffers = [torch.zeros_like(p) for p in params]  # momentum, or Adam's exp_avg
+        self.squares = [torch.zeros_like(p) for p in params] if self.name != "sgd" else None  # exp_avg_sq, square_avg
         self.steps = 0
 
     def step(self, grads: list[torch.Tensor], active: torch.Tensor) -> None:
